@@ -1,0 +1,1 @@
+"""Inference backends. This package never imports ``agent``."""

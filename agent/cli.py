@@ -1,0 +1,163 @@
+"""Command line: argument parsing -> config -> logging -> asyncio.run(...).
+
+User errors are one line on stderr and exit status 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from agent import __version__
+from agent.config import DEMO_CONFIG_FILE, Config, default_config_file, json_schema, load_config
+from agent.errors import AgentError
+
+log = logging.getLogger("agent")
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="edge-agent",
+        description="Edge inference daemon: sensor input -> inference on local accelerators -> MQTT.",
+    )
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    run = sub.add_parser(
+        "run",
+        help="run the daemon",
+        description="Run the daemon until SIGTERM/SIGINT. Without --config: $EDGE_AGENT_CONFIG, else "
+        "/etc/edge-agent/config.toml if present, else the bundled demo pipeline.",
+    )
+    _config_arg(run)
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override agent.log_level")
+
+    demo = sub.add_parser(
+        "demo",
+        help="run the bundled demo against a local broker and show what a subscriber receives",
+        description="Use the broker on --host:--port if one answers; otherwise start mosquitto (if installed) or "
+        "a built-in broker on loopback. Run the agent on the bundled face-detection demo, subscribe, print "
+        "the results, then stop the agent cleanly.",
+    )
+    demo.add_argument("--host", default="localhost", help="broker to use if reachable (default: %(default)s)")
+    demo.add_argument("--port", type=int, default=1883, help="broker port (default: %(default)s)")
+    demo.add_argument("--count", type=int, default=8, help="results to receive before stopping (default: %(default)s)")
+    demo.add_argument("--timeout", type=float, default=60.0, help="give up after this many seconds")
+    demo.add_argument("--json", action="store_true", help="print each result message as received (JSON lines)")
+
+    cfg = sub.add_parser("config", help="inspect and validate configuration", description="Configuration tools.")
+    cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", parser_class=_Parser)
+    cfg_sub.required = True
+    cfg_sub.add_parser("schema", help="print the JSON Schema of the config file", description="Print the JSON Schema.")
+    check = cfg_sub.add_parser(
+        "check",
+        help="validate a config file (and the files it names)",
+        description="Validate FILE with environment overrides applied; exit 0 if valid, 2 with one line if not.",
+    )
+    check.add_argument("file", type=Path, metavar="FILE")
+    show = cfg_sub.add_parser(
+        "show",
+        help="print the effective configuration",
+        description="Print the configuration in force, as JSON.",
+    )
+    _config_arg(show)
+    return parser
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", type=Path, metavar="FILE", help="TOML config file")
+
+
+def _setup_logging(level: str) -> None:
+    # under systemd, journald adds its own timestamps
+    fmt = (
+        "%(levelname)s %(name)s: %(message)s"
+        if os.environ.get("JOURNAL_STREAM")
+        else ("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+
+
+def _load(path: Path | None) -> tuple[Config, Path]:
+    chosen = path if path is not None else default_config_file()
+    return load_config(chosen), chosen or DEMO_CONFIG_FILE
+
+
+def _tune_malloc() -> None:
+    """Keep large buffers (decoded frames) in mmap so freed ones go back to the OS.
+
+    glibc raises its mmap threshold each time such a buffer is freed, after which frames come from the
+    heap and its high-water mark stays resident; fixing the thresholds measured about 5 MB less idle RSS.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD (fixed, so no longer dynamic)
+        libc.mallopt(-1, 256 * 1024)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.app import Agent
+
+    _tune_malloc()
+    config, source = _load(args.config)
+    _setup_logging(args.log_level or config.agent.log_level)
+    log.info("edge-agent %s starting with %s", __version__, source)
+    return asyncio.run(Agent(config).run())
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from agent.demo.runner import run_demo
+
+    if args.count < 1:
+        raise AgentError("--count must be at least 1")
+    return run_demo(args.host, args.port, args.count, args.timeout, args.json)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.config_command == "schema":
+        print(json.dumps(json_schema(), indent=2))
+        return 0
+    if args.config_command == "check":
+        config = load_config(args.file)
+        names = ", ".join(p.name for p in config.pipelines)
+        print(f"{args.file}: valid ({len(config.pipelines)} pipeline(s): {names})")
+        return 0
+    config, _ = _load(args.config)
+    print(config.model_dump_json(indent=2, exclude={"mqtt": {"password"}}))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "demo": cmd_demo, "config": cmd_config}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except AgentError as exc:
+        print(f"edge-agent: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

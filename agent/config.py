@@ -1,0 +1,344 @@
+"""Configuration: one TOML file validated by pydantic, with ``EDGE_AGENT_<SECTION>__<FIELD>`` overrides.
+
+Relative paths in a file are resolved against the file's folder. With no file at all the bundled demo
+configuration (``agent/demo/demo.toml``) is used, so a fresh install does something visible.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agent.errors import ConfigError
+
+ENV_PREFIX = "EDGE_AGENT_"
+ENV_CONFIG_FILE = "EDGE_AGENT_CONFIG"  # names the file; not a section override
+DEFAULT_CONFIG_FILE = Path("/etc/edge-agent/config.toml")
+DEMO_CONFIG_FILE = Path(__file__).parent / "demo" / "demo.toml"
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # safe as one MQTT topic level
+
+
+def _hostname_id() -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname().split(".")[0])[:64].strip("-.")
+    return cleaned or "edge-device"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AgentSection(Section):
+    device_id: str = Field(
+        default_factory=_hostname_id,
+        pattern=NAME_PATTERN,
+        description="This device's id in MQTT topics; defaults to the host name.",
+    )
+    state_dir: Path | None = Field(
+        None,
+        description="Where the agent keeps state (sequence numbers, later the outbox and models). "
+        "Default: $STATE_DIRECTORY under systemd, else /var/lib/edge-agent if writable, "
+        "else ~/.local/state/edge-agent.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
+    stats_interval_s: float = Field(
+        60.0, gt=0, description="How often per-pipeline counters (frames, results, drops) are logged."
+    )
+    shutdown_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="On SIGTERM, how long in-flight results may take to be acknowledged."
+    )
+
+
+class MqttSection(Section):
+    host: str = Field("localhost", min_length=1, description="Broker host name or address.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker TCP port.")
+    prefix: str = Field("edge", pattern=r"^[^#+\s]+$", description="First level of every topic.")
+    qos: Literal[0, 1] = Field(1, description="QoS of result messages; 1 = counted only once acknowledged.")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive interval.")
+    client_id: str | None = Field(None, description="MQTT client id; default edge-agent-<device_id>.")
+    username: str | None = Field(None, description="Broker user name, if the broker requires one.")
+    password: str | None = Field(None, description="Broker password (prefer the environment override).")
+    reconnect_min_s: float = Field(1.0, gt=0, description="First delay before reconnecting to the broker.")
+    reconnect_max_s: float = Field(30.0, gt=0, description="Longest delay between reconnect attempts.")
+    max_inflight: int = Field(
+        256, ge=1, le=65535, description="Results published but not yet acknowledged before publishing waits."
+    )
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> MqttSection:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        return self
+
+
+class ReplaySource(Section):
+    type: Literal["replay"] = Field(description="Replay image files (.jpg, .png, ...) or .npy tensors.")
+    path: Path = Field(description="A file, or a folder whose matching files are replayed in name order.")
+    pattern: str = Field("*", description="Glob for files in the folder, e.g. '*.jpg'.")
+    rate_hz: float = Field(1.0, ge=0, description="Frames per second; 0 replays as fast as inference takes them.")
+    loop: bool = Field(True, description="Start over after the last file; false stops the pipeline after one pass.")
+
+
+SourceConfig = Annotated[ReplaySource, Field(discriminator="type")]
+
+
+class PreprocessConfig(Section):
+    resize: Literal["letterbox", "stretch", "none"] = Field(
+        "stretch", description="Fit the image to the model input: keep aspect ratio and pad, or stretch."
+    )
+    color: Literal["rgb", "bgr", "gray"] = Field("rgb", description="Channel order the model expects.")
+    mean: list[float] = Field(default_factory=lambda: [0.0], description="Subtracted per channel (0..255 scale).")
+    std: list[float] = Field(default_factory=lambda: [1.0], description="Divisor per channel after the mean.")
+    layout: Literal["auto", "nhwc", "nchw"] = Field("auto", description="Tensor layout; auto reads the model.")
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _one_or_three(cls, value: list[float]) -> list[float]:
+        if len(value) not in (1, 3):
+            raise ValueError("give one value, or one per channel (three)")
+        return value
+
+    @field_validator("std")
+    @classmethod
+    def _nonzero(cls, value: list[float]) -> list[float]:
+        if any(v == 0 for v in value):
+            raise ValueError("std must not be 0")
+        return value
+
+
+class AnchorConfig(Section):
+    """SSD anchor grid; the defaults are those of the BlazeFace short-range face detector."""
+
+    input_size: int = Field(128, ge=1, description="Model input width and height in pixels.")
+    strides: list[int] = Field(default_factory=lambda: [8, 16, 16, 16], min_length=1)
+    anchors_per_layer: int = Field(2, ge=1, description="Anchors per grid cell contributed by each layer.")
+    offset: float = Field(0.5, description="Anchor centre offset within a cell.")
+
+
+class DetectionPostprocess(Section):
+    type: Literal["ssd"] = Field(description="SSD-style box regression over an anchor grid.")
+    anchors: AnchorConfig = Field(default_factory=AnchorConfig)
+    boxes_output: str | None = Field(None, description="Output holding box regressions; default the first.")
+    scores_output: str | None = Field(None, description="Output holding class logits; default the second.")
+    score_threshold: float = Field(0.5, ge=0, le=1, description="Detections below this score are dropped.")
+    iou_threshold: float = Field(0.3, gt=0, le=1, description="Non-maximum suppression overlap limit.")
+    max_detections: int = Field(50, ge=1)
+    keypoints: int = Field(6, ge=0, description="Keypoints regressed after each box (x, y pairs).")
+    labels: list[str] | Path = Field(
+        default_factory=lambda: ["object"], description="Class names, or a text file with one per line."
+    )
+
+
+class ClassificationPostprocess(Section):
+    type: Literal["classification"] = Field(description="Top-k labels from a score vector.")
+    top_k: int = Field(3, ge=1, le=100)
+    softmax: bool = Field(False, description="Apply softmax first (for models that output logits).")
+    labels: list[str] | Path | None = Field(None, description="Class names, or a text file with one per line.")
+
+
+class RawPostprocess(Section):
+    type: Literal["raw"] = Field(description="Publish the output tensors as nested lists.")
+
+
+PostprocessConfig = Annotated[
+    DetectionPostprocess | ClassificationPostprocess | RawPostprocess, Field(discriminator="type")
+]
+
+
+class ModelConfig(Section):
+    path: Path = Field(description="Model file: .onnx (onnxruntime) or .tflite (LiteRT).")
+    name: str | None = Field(None, pattern=NAME_PATTERN, description="Name in results; default the file stem.")
+    version: str = Field("1", min_length=1, description="Version reported in results.")
+    backend: str = Field("auto", description="Backend name (see 'edge-agent doctor') or 'auto'.")
+    threads: int = Field(1, ge=1, le=64, description="CPU threads for one inference.")
+
+
+class PipelineConfig(Section):
+    name: str = Field(pattern=NAME_PATTERN, description="Pipeline name; also its result topic level.")
+    source: SourceConfig
+    model: ModelConfig
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    postprocess: PostprocessConfig = Field(default_factory=lambda: RawPostprocess(type="raw"))
+    queue_size: int = Field(4, ge=1, le=10_000, description="Frames waiting for inference; oldest dropped beyond.")
+
+
+class Config(Section):
+    agent: AgentSection = Field(default_factory=AgentSection)
+    mqtt: MqttSection = Field(default_factory=MqttSection)
+    pipelines: list[PipelineConfig] = Field(min_length=1, description="What to run: source -> model -> MQTT.")
+
+    @model_validator(mode="after")
+    def _unique_pipelines(self) -> Config:
+        names = [p.name for p in self.pipelines]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"pipeline names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+
+def default_config_file(env: Mapping[str, str] | None = None) -> Path | None:
+    """The file ``run`` uses without --config: $EDGE_AGENT_CONFIG, else /etc/edge-agent/config.toml if present."""
+    env = os.environ if env is None else env
+    if env.get(ENV_CONFIG_FILE):
+        return Path(env[ENV_CONFIG_FILE])
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def load_config(path: Path | None, env: Mapping[str, str] | None = None, check_files: bool = True) -> Config:
+    """Read, override from the environment, validate and resolve paths. Raises ConfigError (one line)."""
+    env = os.environ if env is None else env
+    source = path if path is not None else DEMO_CONFIG_FILE
+    data = _read_toml(source)
+    overridden = apply_env_overrides(data, env)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {format_validation_error(exc, overridden)}") from None
+    config = _resolve_paths(config, source.resolve().parent)
+    if check_files:
+        check_config_files(config, source)
+    return config
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder; give the config file") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied reading the config file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file; expected TOML") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def apply_env_overrides(data: dict[str, Any], env: Mapping[str, str]) -> dict[tuple[str, ...], str]:
+    """Apply EDGE_AGENT_<SECTION>__<FIELD>[__<FIELD>...] in place; list items are addressed by index.
+
+    Values are parsed as JSON when they parse (numbers, booleans, lists), else taken as strings.
+    Returns {location: variable name}, so that validation errors can name the variable.
+    """
+    applied: dict[tuple[str, ...], str] = {}
+    for var in sorted(env):
+        if not var.startswith(ENV_PREFIX) or var == ENV_CONFIG_FILE:
+            continue
+        parts = [p.lower() for p in var[len(ENV_PREFIX) :].split("__")]
+        if len(parts) < 2 or not all(parts):
+            raise ConfigError(
+                f"{var}: environment overrides look like EDGE_AGENT_<SECTION>__<FIELD>, e.g. EDGE_AGENT_MQTT__PORT"
+            )
+        node: Any = data
+        for depth, key in enumerate(parts[:-1]):
+            node = _step(node, key, var, parts[: depth + 1])
+        last = parts[-1]
+        value = _parse_env_value(env[var])
+        if isinstance(node, list):
+            node[_index(node, last, var)] = value
+        else:
+            node[last] = value
+        applied[tuple(parts)] = var
+    return applied
+
+
+def _step(node: Any, key: str, var: str, where: list[str]) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, key, var)]
+    if not isinstance(node, dict):
+        raise ConfigError(f"{var}: {'.'.join(where[:-1])} is not a section")
+    child = node.setdefault(key, {})
+    if not isinstance(child, dict | list):
+        raise ConfigError(f"{var}: {'.'.join(where)} is a value, not a section")
+    return child
+
+
+def _index(items: list[Any], key: str, var: str) -> int:
+    if not key.isdigit() or int(key) >= len(items):
+        raise ConfigError(f"{var}: {key!r} is not an index of a list with {len(items)} item(s)")
+    return int(key)
+
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def format_validation_error(exc: ValidationError, overridden: Mapping[tuple[str, ...], str] | None = None) -> str:
+    """pydantic's errors as one line: ``mqtt.port: must be <= 65535 (got 70000)``; unknown keys named."""
+    parts = []
+    for err in exc.errors():
+        loc = [str(x) for x in err["loc"]]
+        # discriminated unions add the tag to the location ("source.replay.path"); it only confuses
+        loc = [x for i, x in enumerate(loc) if not (i > 0 and x in {"replay", "ssd", "classification", "raw"})]
+        where = ".".join(loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            section = ".".join(loc[:-1]) or "the top level"
+            text = f"unknown key {loc[-1]!r} in [{section}]"
+        elif err["type"] == "missing":
+            text = f"{where}: required but missing"
+        else:
+            got = err.get("input")
+            shown = f" (got {got!r})" if isinstance(got, str | int | float | bool) else ""
+            text = f"{where}: {err['msg']}{shown}"
+        var = (overridden or {}).get(tuple(x.lower() for x in loc))
+        parts.append(f"{text} [from {var}]" if var else text)
+    return "; ".join(parts)
+
+
+def _resolve(path: Path, base: Path) -> Path:
+    path = path.expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    pipelines = []
+    for p in config.pipelines:
+        post = p.postprocess
+        labels = getattr(post, "labels", None)
+        if isinstance(labels, Path):
+            post = post.model_copy(update={"labels": _resolve(labels, base)})
+        pipelines.append(
+            p.model_copy(
+                update={
+                    "source": p.source.model_copy(update={"path": _resolve(p.source.path, base)}),
+                    "model": p.model.model_copy(update={"path": _resolve(p.model.path, base)}),
+                    "postprocess": post,
+                }
+            )
+        )
+    agent = config.agent
+    if agent.state_dir is not None:
+        agent = agent.model_copy(update={"state_dir": _resolve(agent.state_dir, base)})
+    return config.model_copy(update={"pipelines": pipelines, "agent": agent})
+
+
+def check_config_files(config: Config, source: Path) -> None:
+    """Every file the config names exists and is readable: one line naming the first that is not."""
+    for p in config.pipelines:
+        where = f"{source}: pipelines.{p.name}"
+        if not p.model.path.is_file():
+            raise ConfigError(f"{where}.model.path: model file not found: {p.model.path}")
+        if not os.access(p.model.path, os.R_OK):
+            raise ConfigError(f"{where}.model.path: model file not readable: {p.model.path}")
+        if not p.source.path.exists():
+            raise ConfigError(f"{where}.source.path: no such file or folder: {p.source.path}")
+        labels = getattr(p.postprocess, "labels", None)
+        if isinstance(labels, Path) and not labels.is_file():
+            raise ConfigError(f"{where}.postprocess.labels: labels file not found: {labels}")
+
+
+def json_schema() -> dict[str, Any]:
+    return Config.model_json_schema()

@@ -1,0 +1,1 @@
+"""The bundled demo pipeline: a face detector on sample photos (see scripts/make_demo_assets.py)."""

@@ -1,0 +1,261 @@
+"""One pipeline: source thread -> frame queue -> inference thread -> result queue -> MQTT publisher.
+
+The source and the inference worker are threads (blocking reads, and runtimes that release the GIL);
+the publisher is a coroutine on the agent's event loop. Frames beyond ``queue_size`` are dropped
+oldest-first and counted; results never are: the inference thread waits for the publisher instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from accelerators.base import BackendOptions, Session
+from accelerators.errors import AcceleratorError, InferenceError
+from accelerators.registry import select
+from agent.config import PipelineConfig
+from agent.errors import AgentError, ModelError, SourceError
+from agent.mqtt.link import MqttLink
+from agent.mqtt.topics import Topics
+from agent.runtime.queues import Closed, StageQueue
+from agent.runtime.threads import run_in_thread
+from agent.sources.base import Frame
+from agent.sources.postprocess import Postprocessor, build_postprocessor
+from agent.sources.preprocess import Preprocessor
+from agent.sources.replay import ReplayRunner
+from agent.state import SeqAllocator
+
+log = logging.getLogger(__name__)
+
+MAX_CONSECUTIVE_ERRORS = 20
+
+
+@dataclass
+class Counters:
+    frames: int = 0  # taken from the source
+    bad_inputs: int = 0  # inputs the model could not take (wrong tensor shape, ...)
+    inferences: int = 0
+    inference_errors: int = 0
+    published: int = 0  # acknowledged by the broker
+    publish_failed: int = 0
+    unacked_at_stop: int = 0
+    inference_ms: list[float] = field(default_factory=list)
+
+    def snapshot(self) -> dict[str, Any]:
+        recent = self.inference_ms[-1000:]
+        return {
+            "frames": self.frames,
+            "bad_inputs": self.bad_inputs,
+            "inferences": self.inferences,
+            "inference_errors": self.inference_errors,
+            "published": self.published,
+            "publish_failed": self.publish_failed,
+            "inference_ms_p50": round(float(np.percentile(recent, 50)), 3) if recent else None,
+        }
+
+
+@dataclass(frozen=True)
+class Result:
+    frame: Frame
+    output: dict[str, Any]
+    inference_ms: float
+    done: float  # time.time() when post-processing finished
+
+
+class LoadedModel:
+    """A model opened on its backend, with the pre/post-processing built for its tensors."""
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        self.cfg = cfg
+        try:
+            self.backend = select(cfg.model.path, cfg.model.backend)
+            self.session: Session = self.backend.load(cfg.model.path, BackendOptions(threads=cfg.model.threads))
+        except AcceleratorError as exc:
+            raise ModelError(f"pipeline {cfg.name!r}: {exc}") from exc
+        if len(self.session.inputs) != 1:
+            names = ", ".join(s.name for s in self.session.inputs)
+            raise ModelError(f"{cfg.model.path}: has {len(self.session.inputs)} inputs ({names}); one is supported")
+        self.input = self.session.inputs[0]
+        self.pre = Preprocessor(cfg.preprocess, self.input)
+        self.post: Postprocessor = build_postprocessor(cfg.postprocess, self.session.outputs)
+        self.name = cfg.model.name or cfg.model.path.name.split(".")[0]
+
+    def infer(self, frame: Frame) -> Result:
+        tensor, box = self.pre(frame)  # (1, H, W, C) or (1, C, H, W)
+        t0 = time.perf_counter()
+        outputs = self.session.run({self.input.name: tensor})
+        ms = (time.perf_counter() - t0) * 1000
+        return Result(frame, self.post(outputs, box), ms, time.time())
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Pipeline:
+    def __init__(self, cfg: PipelineConfig, model: LoadedModel, topics: Topics, seq: SeqAllocator) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.topic = topics.result(cfg.name)
+        self.seq = seq
+        self.counters = Counters()
+        self.frames: StageQueue[Frame] = StageQueue(cfg.queue_size, "drop_oldest")
+        self.results: StageQueue[Result] = StageQueue(max(cfg.queue_size, 16), "block")
+        self._stop = threading.Event()
+        self.source = ReplayRunner(cfg.source, self._emit, self._stop)
+        self.error: AgentError | None = None
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for logs and the status report; drops are never silent."""
+        snap = self.counters.snapshot()
+        snap["frames_dropped"] = self.frames.dropped  # overwritten before inference took them
+        snap["bad_inputs"] += self.source.bad_inputs  # unreadable files
+        snap["queue_depth"] = len(self.frames)
+        snap["unacked_at_stop"] = self.counters.unacked_at_stop
+        return snap
+
+    def stop(self) -> None:
+        """Ask the source to stop; what is already queued is still inferred and published."""
+        self._stop.set()
+
+    async def run(self, link: MqttLink, qos: int, max_inflight: int, flush_timeout: float) -> None:
+        """Run until the source ends or stop() was called, then flush. Errors end up in ``self.error``."""
+        source = run_in_thread(self._source_main, f"{self.name}-source")
+        worker = run_in_thread(self._worker_main, f"{self.name}-infer")
+        try:
+            await self._publish_loop(link, qos, max_inflight, flush_timeout)
+        finally:
+            self._stop.set()
+            self.frames.close()
+            self.results.close()
+            for thread_done in (source, worker):
+                try:
+                    await asyncio.wait_for(asyncio.shield(thread_done), flush_timeout)
+                except TimeoutError:
+                    log.error("pipeline %s: a worker thread did not stop in %.0f s", self.name, flush_timeout)
+                except Exception as exc:
+                    self.error = self.error or as_agent_error(exc)
+
+    # ---- threads -------------------------------------------------------------------------------
+
+    def _emit(self, frame: Frame) -> None:
+        self.counters.frames += 1
+        self.frames.put(frame)
+
+    def _source_main(self) -> None:
+        try:
+            self.source.run()
+        finally:
+            self.frames.close()
+
+    def _worker_main(self) -> None:
+        consecutive = 0
+        try:
+            while True:
+                try:
+                    frame = self.frames.get()
+                except Closed:
+                    return
+                try:
+                    result = self.model.infer(frame)
+                except SourceError as exc:
+                    self.counters.bad_inputs += 1
+                    log.warning("pipeline %s: skipping input: %s", self.name, exc)
+                    continue
+                except InferenceError as exc:
+                    self.counters.inference_errors += 1
+                    consecutive += 1
+                    log.error("pipeline %s: inference failed: %s", self.name, exc)
+                    if consecutive >= MAX_CONSECUTIVE_ERRORS:
+                        raise ModelError(
+                            f"pipeline {self.name!r}: {consecutive} inferences in a row failed: {exc}"
+                        ) from exc
+                    continue
+                consecutive = 0
+                self.counters.inferences += 1
+                self.counters.inference_ms.append(result.inference_ms)
+                if len(self.counters.inference_ms) > 4000:
+                    del self.counters.inference_ms[:2000]
+                try:
+                    self.results.put(result)
+                except Closed:
+                    return
+        finally:
+            self.results.close()
+
+    # ---- event loop ----------------------------------------------------------------------------
+
+    async def _publish_loop(self, link: MqttLink, qos: int, max_inflight: int, flush_timeout: float) -> None:
+        window = asyncio.Semaphore(max_inflight)
+        inflight: set[asyncio.Future[None]] = set()
+
+        def settled(fut: asyncio.Future[None]) -> None:
+            inflight.discard(fut)
+            window.release()
+            if fut.cancelled():
+                return
+            exc = fut.exception()
+            if exc is None:
+                self.counters.published += 1
+            else:
+                self.counters.publish_failed += 1
+                log.error("pipeline %s: %s", self.name, exc)
+
+        while True:
+            try:
+                result = await self.results.get_async()
+            except Closed:
+                break
+            payload = self._payload(result)
+            await window.acquire()
+            fut = link.publish(self.topic, payload, qos)
+            inflight.add(fut)
+            fut.add_done_callback(settled)
+        if inflight:
+            _, left = await asyncio.wait(set(inflight), timeout=flush_timeout)
+            if left:
+                self.counters.unacked_at_stop = len(left)
+                log.warning(
+                    "pipeline %s: %d result(s) not acknowledged by the broker within %.0f s of stopping",
+                    self.name,
+                    len(left),
+                    flush_timeout,
+                )
+
+    def _payload(self, result: Result) -> bytes:
+        frame = result.frame
+        source: dict[str, Any] = {"origin": frame.origin, "ts": _iso(frame.ts), **frame.meta}
+        body = {
+            "seq": self.seq.next(),
+            "ts": _iso(result.done),
+            "pipeline": self.name,
+            "model": self.model.name,
+            "version": self.cfg.model.version,
+            "accelerators": [self.model.backend.name],
+            "latency_ms": round((result.done - frame.ts) * 1000, 3),
+            "inference_ms": round(result.inference_ms, 3),
+            "source": source,
+            **result.output,
+        }
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
+def as_agent_error(exc: BaseException) -> AgentError:
+    """Map anything a pipeline raised to an AgentError with one line."""
+    if isinstance(exc, AgentError):
+        return exc
+    if isinstance(exc, AcceleratorError):
+        return ModelError(str(exc))
+    return AgentError(f"unexpected {type(exc).__name__}: {exc}")
