@@ -60,6 +60,12 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--count", type=int, default=8, help="results to receive before stopping (default: %(default)s)")
     demo.add_argument("--timeout", type=float, default=60.0, help="give up after this many seconds")
     demo.add_argument("--json", action="store_true", help="print each result message as received (JSON lines)")
+    demo.add_argument(
+        "--broker",
+        choices=["auto", "mosquitto", "builtin"],
+        default="auto",
+        help="broker to start when none answers: mosquitto if installed, else built-in (default: %(default)s)",
+    )
 
     cfg = sub.add_parser("config", help="inspect and validate configuration", description="Configuration tools.")
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", parser_class=_Parser)
@@ -128,7 +134,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if args.count < 1:
         raise AgentError("--count must be at least 1")
-    return run_demo(args.host, args.port, args.count, args.timeout, args.json)
+    return run_demo(args.host, args.port, args.count, args.timeout, args.json, args.broker)
 
 
 def cmd_config(args: argparse.Namespace) -> int:

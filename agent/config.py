@@ -118,19 +118,21 @@ class AnchorConfig(Section):
     """SSD anchor grid; the defaults are those of the BlazeFace short-range face detector."""
 
     input_size: int = Field(128, ge=1, description="Model input width and height in pixels.")
-    strides: list[int] = Field(default_factory=lambda: [8, 16, 16, 16], min_length=1)
+    strides: list[int] = Field(
+        default_factory=lambda: [8, 16, 16, 16], min_length=1, description="Feature-map stride of each anchor layer."
+    )
     anchors_per_layer: int = Field(2, ge=1, description="Anchors per grid cell contributed by each layer.")
     offset: float = Field(0.5, description="Anchor centre offset within a cell.")
 
 
 class DetectionPostprocess(Section):
     type: Literal["ssd"] = Field(description="SSD-style box regression over an anchor grid.")
-    anchors: AnchorConfig = Field(default_factory=AnchorConfig)
+    anchors: AnchorConfig = Field(default_factory=AnchorConfig, description="Anchor grid of the model.")
     boxes_output: str | None = Field(None, description="Output holding box regressions; default the first.")
     scores_output: str | None = Field(None, description="Output holding class logits; default the second.")
     score_threshold: float = Field(0.5, ge=0, le=1, description="Detections below this score are dropped.")
     iou_threshold: float = Field(0.3, gt=0, le=1, description="Non-maximum suppression overlap limit.")
-    max_detections: int = Field(50, ge=1)
+    max_detections: int = Field(50, ge=1, description="At most this many detections per frame, best first.")
     keypoints: int = Field(6, ge=0, description="Keypoints regressed after each box (x, y pairs).")
     labels: list[str] | Path = Field(
         default_factory=lambda: ["object"], description="Class names, or a text file with one per line."
@@ -139,7 +141,7 @@ class DetectionPostprocess(Section):
 
 class ClassificationPostprocess(Section):
     type: Literal["classification"] = Field(description="Top-k labels from a score vector.")
-    top_k: int = Field(3, ge=1, le=100)
+    top_k: int = Field(3, ge=1, le=100, description="How many best classes to report.")
     softmax: bool = Field(False, description="Apply softmax first (for models that output logits).")
     labels: list[str] | Path | None = Field(None, description="Class names, or a text file with one per line.")
 
@@ -163,16 +165,20 @@ class ModelConfig(Section):
 
 class PipelineConfig(Section):
     name: str = Field(pattern=NAME_PATTERN, description="Pipeline name; also its result topic level.")
-    source: SourceConfig
-    model: ModelConfig
-    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
-    postprocess: PostprocessConfig = Field(default_factory=lambda: RawPostprocess(type="raw"))
+    source: SourceConfig = Field(description="Where the input comes from.")
+    model: ModelConfig = Field(description="The model to run and where.")
+    preprocess: PreprocessConfig = Field(
+        default_factory=PreprocessConfig, description="How a sample becomes the model's input tensor."
+    )
+    postprocess: PostprocessConfig = Field(
+        default_factory=lambda: RawPostprocess(type="raw"), description="How outputs become the published result."
+    )
     queue_size: int = Field(4, ge=1, le=10_000, description="Frames waiting for inference; oldest dropped beyond.")
 
 
 class Config(Section):
-    agent: AgentSection = Field(default_factory=AgentSection)
-    mqtt: MqttSection = Field(default_factory=MqttSection)
+    agent: AgentSection = Field(default_factory=AgentSection, description="The daemon itself.")
+    mqtt: MqttSection = Field(default_factory=MqttSection, description="The MQTT broker connection.")
     pipelines: list[PipelineConfig] = Field(min_length=1, description="What to run: source -> model -> MQTT.")
 
     @model_validator(mode="after")

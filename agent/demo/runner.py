@@ -36,7 +36,7 @@ def describe(result: dict[str, Any]) -> str:
     return f"{head} {body}  [{result.get('inference_ms', 0):.1f} ms on {','.join(result.get('accelerators', []))}]"
 
 
-def run_demo(host: str, port: int, count: int, timeout: float, as_json: bool) -> int:
+def run_demo(host: str, port: int, count: int, timeout: float, as_json: bool, broker_kind: str = "auto") -> int:
     config = load_config(DEMO_CONFIG_FILE)
     topics = Topics(config.mqtt.prefix, config.agent.device_id)
     with ExitStack() as stack:
@@ -44,7 +44,7 @@ def run_demo(host: str, port: int, count: int, timeout: float, as_json: bool) ->
             print(f"using the MQTT broker at {host}:{port}")
         else:
             wanted = port if not reachable("127.0.0.1", port, 0.2) else free_port()
-            broker = stack.enter_context(LocalBroker(wanted))
+            broker = stack.enter_context(LocalBroker(wanted, broker_kind))
             host, port = "127.0.0.1", broker.port
             print(f"no broker answered; started {broker.kind} on {host}:{port}")
         messages: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
@@ -64,7 +64,9 @@ def run_demo(host: str, port: int, count: int, timeout: float, as_json: bool) ->
         )
         print(f"starting: edge-agent run --config {DEMO_CONFIG_FILE}")
         print(f"subscribed to {topics.base}/#\n")
-        agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(DEMO_CONFIG_FILE)], env=env)
+        # the agent's own log is kept to warnings so that what the subscriber receives stands out
+        cmd = [sys.executable, "-m", "agent", "run", "--config", str(DEMO_CONFIG_FILE), "--log-level", "warning"]
+        agent = subprocess.Popen(cmd, env=env)
         stack.callback(_reap, agent)
         return _watch(agent, messages, topics, count, timeout, as_json)
     return 1  # pragma: no cover  (ExitStack does not swallow exceptions)

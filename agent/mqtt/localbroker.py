@@ -98,14 +98,17 @@ class Mosquitto:
 class LocalBroker:
     """Start mosquitto if installed, else the embedded broker, on a port of loopback."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, kind: str = "auto") -> None:
+        if kind not in ("auto", "mosquitto", "builtin"):
+            raise ValueError(f"unknown broker kind {kind!r}")
         self.port = port
+        self.wanted = kind
         self.kind = ""
         self._mosquitto: Mosquitto | None = None
         self._embedded: BrokerThread | None = None
 
     def __enter__(self) -> LocalBroker:
-        if find_mosquitto() is not None:
+        if self.wanted == "mosquitto" or (self.wanted == "auto" and find_mosquitto() is not None):
             self._mosquitto = Mosquitto(self.port).start()
             self.kind = "mosquitto"
         else:
