@@ -18,6 +18,7 @@ from tests.conftest import ASSETS, DEMO_TOML, ROOT
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "agent", *args],
+        check=False,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ def test_demo_pipeline_publishes_faces_in_order_with_availability(
 
     results = [sub.wait_for(is_result).json() for _ in range(12)]
     seqs = [r["seq"] for r in results]
-    assert all(b > a for a, b in zip(seqs, seqs[1:], strict=False)), seqs
+    assert all(b > a for a, b in itertools.pairwise(seqs)), seqs
     for r in results:
         assert {"seq", "ts", "model", "version", "accelerators", "latency_ms", "detections"} <= r.keys()
         assert r["model"] == "blazeface-short-range" and r["accelerators"] == ["litert-cpu"]
@@ -82,7 +83,7 @@ def test_seq_keeps_increasing_across_restarts(mosquitto: Mosquitto, subscribe: A
         agent = agent_process(["run", "--config", str(DEMO_TOML)], demo_env(mosquitto.port))
         seqs += [sub.wait_for(is_result).json()["seq"] for _ in range(3)]
         assert agent.stop() == 0
-    assert all(b > a for a, b in zip(seqs, seqs[1:], strict=False)), seqs
+    assert all(b > a for a, b in itertools.pairwise(seqs)), seqs
 
 
 def test_agent_waits_for_a_broker_that_is_down_at_start(subscribe: Any, agent_process: Any) -> None:

@@ -1,0 +1,65 @@
+"""Backend selection and the errors at the backend boundary, on real model files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from accelerators.errors import BackendUnavailable, InferenceError, ModelLoadError
+from accelerators.registry import discover, probe_all, select
+from tests.conftest import DIGITS_MODEL, FACE_MODEL
+
+
+def test_both_cpu_backends_are_registered_and_available() -> None:
+    probes = probe_all()
+    assert {"onnxruntime-cpu", "litert-cpu"} <= set(discover())
+    assert probes["onnxruntime-cpu"].available and probes["litert-cpu"].available
+    assert "XNNPACK" in probes["litert-cpu"].device
+
+
+def test_select_by_format_and_by_name() -> None:
+    assert select(FACE_MODEL).name == "litert-cpu"
+    assert select(DIGITS_MODEL).name == "onnxruntime-cpu"
+    with pytest.raises(BackendUnavailable, match="unknown backend 'tpu9'"):
+        select(FACE_MODEL, "tpu9")
+    with pytest.raises(BackendUnavailable, match=r"cannot load \.tflite"):
+        select(FACE_MODEL, "onnxruntime-cpu")
+    with pytest.raises(BackendUnavailable, match=r"no backend loads \.pt files"):
+        select(Path("model.pt"))
+
+
+@pytest.mark.parametrize("model", [FACE_MODEL, DIGITS_MODEL])
+def test_truncated_and_garbage_models_are_load_errors(tmp_path: Path, model: Path) -> None:
+    backend = select(model)
+    truncated = tmp_path / f"truncated{model.suffix}"
+    truncated.write_bytes(model.read_bytes()[: len(model.read_bytes()) // 3])
+    garbage = tmp_path / f"garbage{model.suffix}"
+    garbage.write_bytes(b"\x00\x01" * 500)
+    for path in (truncated, garbage):
+        with pytest.raises(ModelLoadError) as info:
+            backend.load(path)
+        assert path.name in str(info.value) and "\n" not in str(info.value)
+
+
+def test_edgetpu_models_are_not_run_on_the_cpu(tmp_path: Path) -> None:
+    compiled = tmp_path / "face_edgetpu.tflite"
+    compiled.write_bytes(FACE_MODEL.read_bytes())
+    with pytest.raises(ModelLoadError, match="Edge TPU"):
+        select(compiled).load(compiled)
+
+
+@pytest.mark.parametrize("model", [FACE_MODEL, DIGITS_MODEL])
+def test_inputs_are_checked_before_the_runtime_sees_them(model: Path) -> None:
+    session = select(model).load(model)
+    spec = session.inputs[0]
+    shape = tuple(1 if d is None else d for d in spec.shape)
+    outputs = session.run({spec.name: np.zeros(shape, spec.dtype)})
+    assert set(outputs) == {o.name for o in session.outputs}
+    with pytest.raises(InferenceError, match="missing model input"):
+        session.run({})
+    with pytest.raises(InferenceError, match="has shape"):
+        session.run({spec.name: np.zeros((1, 2), spec.dtype)})
+    with pytest.raises(InferenceError, match="has dtype int64"):
+        session.run({spec.name: np.zeros(shape, np.int64)})
