@@ -63,3 +63,25 @@ def test_inputs_are_checked_before_the_runtime_sees_them(model: Path) -> None:
         session.run({spec.name: np.zeros((1, 2), spec.dtype)})
     with pytest.raises(InferenceError, match="has dtype int64"):
         session.run({spec.name: np.zeros(shape, np.int64)})
+
+
+def test_litert_falls_back_to_tflite_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device that ships tflite_runtime instead of ai-edge-litert still gets the CPU backend."""
+    import sys
+    import types
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    from accelerators.litert import LiteRtCpu
+
+    fake = types.ModuleType("tflite_runtime.interpreter")
+    fake.Interpreter = Interpreter  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # import now raises ImportError
+    monkeypatch.setitem(sys.modules, "tflite_runtime", types.ModuleType("tflite_runtime"))
+    monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", fake)
+    backend = LiteRtCpu()
+    assert backend.probe().device.startswith("tflite_runtime")
+    assert backend.load(FACE_MODEL).outputs[0].shape == (1, 896, 16)
+    monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", None)
+    probe = backend.probe()
+    assert not probe.available and "pip install ai-edge-litert" in probe.reason
