@@ -173,7 +173,18 @@ class PipelineConfig(Section):
     postprocess: PostprocessConfig = Field(
         default_factory=lambda: RawPostprocess(type="raw"), description="How outputs become the published result."
     )
-    queue_size: int = Field(4, ge=1, le=10_000, description="Frames waiting for inference; oldest dropped beyond.")
+    queue_size: int = Field(4, ge=1, le=10_000, description="Frames that may wait for inference.")
+    overflow: Literal["auto", "drop_oldest", "drop_newest", "block"] = Field(
+        "auto",
+        description="When the frame queue is full: drop the oldest frame, drop the new one, or make the source "
+        "wait. Drops are counted. auto: block for a replay at rate_hz = 0 (every file is inferred), else drop_oldest "
+        "(live input: the freshest frame wins).",
+    )
+
+    def frame_overflow(self) -> Literal["drop_oldest", "drop_newest", "block"]:
+        if self.overflow != "auto":
+            return self.overflow
+        return "block" if self.source.rate_hz == 0 else "drop_oldest"
 
 
 class Config(Section):

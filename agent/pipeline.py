@@ -107,7 +107,7 @@ class Pipeline:
         self.topic = topics.result(cfg.name)
         self.seq = seq
         self.counters = Counters()
-        self.frames: StageQueue[Frame] = StageQueue(cfg.queue_size, "drop_oldest")
+        self.frames: StageQueue[Frame] = StageQueue(cfg.queue_size, cfg.frame_overflow())
         self.results: StageQueue[Result] = StageQueue(max(cfg.queue_size, 16), "block")
         self._stop = threading.Event()
         self.source = ReplayRunner(cfg.source, self._emit, self._stop)
@@ -152,7 +152,10 @@ class Pipeline:
 
     def _emit(self, frame: Frame) -> None:
         self.counters.frames += 1
-        self.frames.put(frame)
+        try:
+            self.frames.put(frame)
+        except Closed:  # the pipeline is stopping while the source waited for room
+            self._stop.set()
 
     def _source_main(self) -> None:
         try:

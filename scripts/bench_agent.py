@@ -84,7 +84,7 @@ class Subscriber:
     def __init__(self, port: int, warmup: int) -> None:
         self.warmup = warmup
         self.lock = threading.Lock()
-        self.count = 0
+        self.arrivals: list[float] = []  # perf_counter of each result
         self.last_seq: int | None = None
         self.gaps = self.regressions = 0
         self.online_at = 0.0
@@ -104,15 +104,15 @@ class Subscriber:
                 self.online_at = time.perf_counter()
                 self.online.set()
             return
-        seq = int(json.loads(msg.payload)["seq"])
+        now, seq = time.perf_counter(), int(json.loads(msg.payload)["seq"])
         with self.lock:
             if self.last_seq is not None and seq <= self.last_seq:
                 self.regressions += 1
             elif self.last_seq is not None and seq != self.last_seq + 1:
                 self.gaps += 1
             self.last_seq = seq
-            self.count += 1
-            if self.count >= self.warmup:
+            self.arrivals.append(now)
+            if len(self.arrivals) >= self.warmup:
                 self.warm.set()
 
     def close(self) -> None:
@@ -217,18 +217,22 @@ def throughput_run(tmp: Path, npy_dir: Path, seconds: float, warmup: int = 50) -
         agent.wait_for(sub.warm, f"{warmup} results")
         mosq = [c for c in psutil.Process().children() if c.name() == "mosquitto"]
         procs = {"agent": psutil.Process(agent.proc.pid), "bench": psutil.Process(), "mosquitto": mosq[0]}
-        cpu0, n0, t0 = _cpu(procs), sub.count, time.perf_counter()
+        cpu0, t0 = _cpu(procs), time.perf_counter()
         agent.exited.wait(seconds)  # the window; ends early only if the agent dies
-        n1, t1, cpu1 = sub.count, time.perf_counter(), _cpu(procs)
+        t1, cpu1 = time.perf_counter(), _cpu(procs)
         status = Path(f"/proc/{agent.proc.pid}/status").read_text()
         hwm_kb = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmHWM:")))
         stop_s, rc = agent.stop()
         agent.exited.wait(WAIT_S)
         cpu = {k: 100 * (cpu1[k] - cpu0.get(k, 0.0)) / (t1 - t0) for k in cpu1}
         threads = sorted((v for k, v in cpu.items() if k.startswith("agent-thread")), reverse=True)
+        with sub.lock:
+            arrivals = np.asarray(sub.arrivals)
+        per_window = np.histogram(arrivals, bins=5, range=(t0, t1))[0] / ((t1 - t0) / 5)
         final = next((ln.split(": ", 1)[1] for ln in agent.lines if "final pipeline=" in ln), "")
         return {
-            "results_per_s": (n1 - n0) / (t1 - t0),
+            "results_per_s": int(((arrivals >= t0) & (arrivals < t1)).sum()) / (t1 - t0),
+            "windows": [round(float(x), 1) for x in per_window],
             "seq_gaps": sub.gaps,
             "seq_regressions": sub.regressions,
             "peak_rss_mb": hwm_kb * 1024 / 1e6,
@@ -247,18 +251,17 @@ def throughput_run(tmp: Path, npy_dir: Path, seconds: float, warmup: int = 50) -
 
 
 def report(r: dict[str, Any]) -> str:
-    t = r["throughput"]
-    seq = (
-        "seq ok"
-        if not (t["seq_gaps"] or t["seq_regressions"])
-        else "seq gaps {seq_gaps}, regressions {seq_regressions}"
-    )
+    t, bw = r["throughput"], r["bare_windows"]
+    bad = t["seq_gaps"] or t["seq_regressions"]
+    seq = f"seq gaps {t['seq_gaps']}, regressions {t['seq_regressions']}" if bad else "seq ok"
     cpu = ", ".join(f"{k} {v:.0f}%" for k, v in t["cpu_percent"].items())
     return "\n".join(
         [
             f"edge-agent overhead benchmark (model: {MODEL.name}, LiteRT XNNPACK, 1 thread, {os.cpu_count()} cores)",
-            f"bare runtime            : {r['bare_frames_per_s']:.1f} frames/s (median of {len(r['bare_windows'])})",
-            f"agent end to end        : {t['results_per_s']:.1f} results/s (broker-acknowledged, {seq.format(**t)})",
+            f"bare runtime            : {r['bare_frames_per_s']:.1f} frames/s "
+            f"(median of {len(bw)} windows before and after the agent run, {min(bw):.0f}..{max(bw):.0f})",
+            f"agent end to end        : {t['results_per_s']:.1f} results/s "
+            f"(broker-acknowledged, {seq}; windows {min(t['windows']):.0f}..{max(t['windows']):.0f})",
             f"ratio agent/bare        : {r['ratio']:.2f}   (target >= 0.95)",
             f"idle RSS (demo loaded)  : {r['idle_rss_mb']:.1f} MB (target <= 60 MB)",
             f"peak RSS (throughput)   : {t['peak_rss_mb']:.1f} MB",
@@ -282,8 +285,9 @@ def main() -> int:
         tmp = Path(name)
         npy_dir = tmp / "tensors"
         tensors = write_inputs(npy_dir)
-        bare = bare_throughput(tensors, args.seconds)
-        throughput = throughput_run(tmp, npy_dir, args.seconds)
+        bare = bare_throughput(tensors, args.seconds / 2)  # half before the agent run, half after:
+        throughput = throughput_run(tmp, npy_dir, args.seconds)  # this machine's speed drifts
+        bare += bare_throughput(tensors, args.seconds / 2)
         idle = [idle_run(tmp, i) for i in range(3)]
     med = {k: statistics.median(run[k] for run in idle) for k in ("ready_log_s", "ready_online_s", "idle_rss_mb")}
     result: dict[str, Any] = {

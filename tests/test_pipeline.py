@@ -34,6 +34,7 @@ port = {mosquitto.port}
 [[pipelines]]
 name = "burst"
 queue_size = 1
+overflow = "drop_oldest"
 source = {{ type = "replay", path = "{frames}", rate_hz = 0, loop = false }}
 model = {{ path = "{FACE_MODEL}" }}
 postprocess = {{ type = "ssd", labels = ["face"] }}
@@ -53,3 +54,29 @@ postprocess = {{ type = "ssd", labels = ["face"] }}
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     origins = [r["source"]["origin"] for r in received]
     assert origins == sorted(origins)  # frames are published in the order they were taken
+
+
+def test_replay_at_full_speed_infers_every_file_by_default(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(40):
+        np.save(frames / f"{i:03d}.npy", np.zeros((1, 128, 128, 3), np.float32))
+    config_file = tmp_path / "c.toml"
+    config_file.write_text(
+        f"""
+[agent]
+state_dir = "{tmp_path / "state"}"
+[mqtt]
+host = "127.0.0.1"
+port = {mosquitto.port}
+[[pipelines]]
+name = "all"
+queue_size = 1
+source = {{ type = "replay", path = "{frames}", rate_hz = 0, loop = false }}
+model = {{ path = "{FACE_MODEL}" }}
+"""
+    )
+    agent = Agent(load_config(config_file))
+    assert asyncio.run(agent.run()) == 0
+    stats = agent.pipelines[0].stats()
+    assert stats["frames_dropped"] == 0 and stats["inferences"] == 40 and stats["published"] == 40
