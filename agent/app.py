@@ -9,6 +9,8 @@ import signal
 import time
 from typing import Any
 
+import psutil
+
 from agent.config import Config
 from agent.errors import AgentError
 from agent.mqtt.link import MqttLink
@@ -52,7 +54,12 @@ class Agent:
                 p.model.backend.name,
                 p.topic,
             )
-        log.info("ready in %.0f ms (pid %d)", (time.monotonic() - self._started) * 1000, os.getpid())
+        log.info(
+            "ready %.0f ms after process start (models loaded in %.0f ms, pid %d)",
+            (time.time() - psutil.Process().create_time()) * 1000,
+            (time.monotonic() - self._started) * 1000,
+            os.getpid(),
+        )
         self.ready.set()
         mqtt = self.config.mqtt
         timeout = self.config.agent.shutdown_timeout_s

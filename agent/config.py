@@ -85,6 +85,12 @@ class ReplaySource(Section):
     pattern: str = Field("*", description="Glob for files in the folder, e.g. '*.jpg'.")
     rate_hz: float = Field(1.0, ge=0, description="Frames per second; 0 replays as fast as inference takes them.")
     loop: bool = Field(True, description="Start over after the last file; false stops the pipeline after one pass.")
+    cache_mb: float = Field(
+        0.0,
+        ge=0,
+        description="Keep decoded files in memory, up to this many MB, so that later passes of a loop do not "
+        "decode them again; 0 (the memory-lean default) decodes every time.",
+    )
 
 
 SourceConfig = Annotated[ReplaySource, Field(discriminator="type")]

@@ -29,7 +29,7 @@ from agent.runtime.queues import Closed, StageQueue
 from agent.runtime.threads import run_in_thread
 from agent.sources.base import Frame
 from agent.sources.postprocess import Postprocessor, build_postprocessor
-from agent.sources.preprocess import Preprocessor
+from agent.sources.preprocess import Letterbox, Preprocessor
 from agent.sources.replay import ReplayRunner
 from agent.state import SeqAllocator
 
@@ -63,11 +63,13 @@ class Counters:
 
 
 @dataclass(frozen=True)
-class Result:
+class Inferred:
+    """Raw model outputs; post-processing happens on the publisher's side, off the inference thread."""
+
     frame: Frame
-    output: dict[str, Any]
+    outputs: dict[str, np.ndarray]
+    box: Letterbox
     inference_ms: float
-    done: float  # time.time() when post-processing finished
 
 
 class LoadedModel:
@@ -88,12 +90,11 @@ class LoadedModel:
         self.post: Postprocessor = build_postprocessor(cfg.postprocess, self.session.outputs)
         self.name = cfg.model.name or cfg.model.path.name.split(".")[0]
 
-    def infer(self, frame: Frame) -> Result:
+    def infer(self, frame: Frame) -> Inferred:
         tensor, box = self.pre(frame)  # (1, H, W, C) or (1, C, H, W)
         t0 = time.perf_counter()
         outputs = self.session.run({self.input.name: tensor})
-        ms = (time.perf_counter() - t0) * 1000
-        return Result(frame, self.post(outputs, box), ms, time.time())
+        return Inferred(frame, outputs, box, (time.perf_counter() - t0) * 1000)
 
 
 def _iso(ts: float) -> str:
@@ -108,7 +109,7 @@ class Pipeline:
         self.seq = seq
         self.counters = Counters()
         self.frames: StageQueue[Frame] = StageQueue(cfg.queue_size, cfg.frame_overflow())
-        self.results: StageQueue[Result] = StageQueue(max(cfg.queue_size, 16), "block")
+        self.results: StageQueue[Inferred] = StageQueue(max(cfg.queue_size, 16), "block")
         self._stop = threading.Event()
         self.source = ReplayRunner(cfg.source, self._emit, self._stop)
         self.error: AgentError | None = None
@@ -222,6 +223,8 @@ class Pipeline:
             except Closed:
                 break
             payload = self._payload(result)
+            if payload is None:
+                continue
             await window.acquire()
             fut = link.publish(self.topic, payload, qos)
             inflight.add(fut)
@@ -237,20 +240,28 @@ class Pipeline:
                     flush_timeout,
                 )
 
-    def _payload(self, result: Result) -> bytes:
+    def _payload(self, result: Inferred) -> bytes | None:
+        """Post-process and serialise one result; None (counted, logged) if its outputs make no sense."""
         frame = result.frame
+        try:
+            output = self.model.post(result.outputs, result.box)
+        except (ValueError, IndexError, KeyError) as exc:  # outputs of an unexpected shape
+            self.counters.inference_errors += 1
+            log.error("pipeline %s: post-processing failed for %s: %s", self.name, frame.origin, exc)
+            return None
+        done = time.time()
         source: dict[str, Any] = {"origin": frame.origin, "ts": _iso(frame.ts), **frame.meta}
         body = {
             "seq": self.seq.next(),
-            "ts": _iso(result.done),
+            "ts": _iso(done),
             "pipeline": self.name,
             "model": self.model.name,
             "version": self.cfg.model.version,
             "accelerators": [self.model.backend.name],
-            "latency_ms": round((result.done - frame.ts) * 1000, 3),
+            "latency_ms": round((done - frame.ts) * 1000, 3),
             "inference_ms": round(result.inference_ms, 3),
             "source": source,
-            **result.output,
+            **output,
         }
         return json.dumps(body, separators=(",", ":")).encode()
 

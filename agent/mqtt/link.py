@@ -39,6 +39,9 @@ class MqttLink:
         self.connections = 0
         self._last_error = ""
         self._stopping = threading.Event()
+        self._acks: list[tuple[int, ReasonCode]] = []
+        self._acks_lock = threading.Lock()
+        self._acks_scheduled = False
         client_id = cfg.client_id or f"edge-agent-{topics.device_id}"
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
         if cfg.username is not None:
@@ -123,7 +126,13 @@ class MqttLink:
             self._note_error(f"lost the MQTT broker connection ({reason}); reconnecting")
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any) -> None:
-        self._to_loop(self._acked, mid, reason)
+        # acknowledgements come in bursts: wake the loop once per burst, not once per message
+        with self._acks_lock:
+            self._acks.append((mid, reason))
+            if self._acks_scheduled:
+                return
+            self._acks_scheduled = True
+        self._to_loop(self._drain_acks)
 
     def _note_error(self, text: str) -> None:
         # log a repeated failure once, not at every retry
@@ -142,11 +151,15 @@ class MqttLink:
         else:
             self.connected.clear()
 
-    def _acked(self, mid: int, reason: ReasonCode) -> None:
-        fut = self._pending.pop(mid, None)
-        if fut is None or fut.done():
-            return
-        if reason.is_failure:
-            fut.set_exception(PublishError(f"broker refused the message: {reason}"))
-        else:
-            fut.set_result(None)
+    def _drain_acks(self) -> None:
+        with self._acks_lock:
+            acks, self._acks = self._acks, []
+            self._acks_scheduled = False
+        for mid, reason in acks:
+            fut = self._pending.pop(mid, None)
+            if fut is None or fut.done():
+                continue
+            if reason.is_failure:
+                fut.set_exception(PublishError(f"broker refused the message: {reason}"))
+            else:
+                fut.set_result(None)

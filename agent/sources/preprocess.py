@@ -30,9 +30,6 @@ class Letterbox:
         return sx, sy
 
 
-IDENTITY = Letterbox(1.0, 1.0, 0.0, 0.0, 0, 0)
-
-
 class Preprocessor:
     """Built once per model input; ``__call__`` runs per frame in the inference thread."""
 
@@ -63,7 +60,8 @@ class Preprocessor:
 
     def __call__(self, frame: Frame) -> tuple[np.ndarray, Letterbox]:
         if frame.is_tensor:
-            return self._tensor(frame), IDENTITY
+            # a tensor has no source image: results stay in model-input pixels
+            return self._tensor(frame), Letterbox(1.0, 1.0, 0.0, 0.0, self.width, self.height)
         return self._image(frame.data)
 
     def _tensor(self, frame: Frame) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -71,6 +72,8 @@ class ReplayRunner:
         self.emit = emit
         self.stop = stop
         self.bad_inputs = 0
+        self._cache: dict[Path, Frame] = {}
+        self._cache_left = int(cfg.cache_mb * 1024 * 1024)
 
     def run(self) -> None:
         period = 1.0 / self.cfg.rate_hz if self.cfg.rate_hz > 0 else 0.0
@@ -87,7 +90,7 @@ class ReplayRunner:
                     # a slow read must not make later frames burst to catch up
                     next_at = max(next_at + period, time.monotonic())
                 try:
-                    frame = read_file(path)
+                    frame = self._read(path)
                 except SourceError as exc:
                     self.bad_inputs += 1
                     log.warning("skipping input: %s", exc)
@@ -98,3 +101,13 @@ class ReplayRunner:
                 raise SourceError(f"{self.cfg.path}: none of {len(self.files)} file(s) could be read")
             if not self.cfg.loop:
                 return
+
+    def _read(self, path: Path) -> Frame:
+        cached = self._cache.get(path)
+        if cached is not None:
+            return dataclasses.replace(cached, ts=time.time())
+        frame = read_file(path)
+        if self.cfg.loop and frame.data.nbytes <= self._cache_left:
+            self._cache[path] = frame
+            self._cache_left -= frame.data.nbytes
+        return frame

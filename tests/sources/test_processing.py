@@ -21,7 +21,7 @@ from agent.config import (
 from agent.errors import ModelError, SourceError
 from agent.sources.base import Frame
 from agent.sources.postprocess import build_postprocessor, nms, ssd_anchors
-from agent.sources.preprocess import Letterbox, Preprocessor
+from agent.sources.preprocess import Preprocessor
 from agent.sources.replay import ReplayRunner, list_files, read_file
 from tests.conftest import ASSETS, DIGITS_MODEL, FACE_MODEL
 
@@ -193,7 +193,46 @@ def test_replay_loops_until_stopped(tmp_path: Path) -> None:
     assert len(frames) == 5
 
 
-def test_identity_letterbox_for_tensors() -> None:
-    box = Letterbox(1.0, 1.0, 0.0, 0.0, 0, 0)
-    x, y = box.to_source(np.array([3.0]), np.array([4.0]))
-    assert (x[0], y[0]) == (0.0, 0.0)  # clipped to a 0x0 source: tensors have no image to map to
+def test_tensor_frames_keep_results_in_model_input_pixels() -> None:
+    _, box = Preprocessor(FACE_PRE, NHWC)(Frame(np.zeros((128, 128, 3), np.float32), 0.0, "t.npy", is_tensor=True))
+    x, y = box.to_source(np.array([3.0, 127.0]), np.array([4.0, 200.0]))
+    assert x.tolist() == [3.0, 127.0] and y.tolist() == [4.0, 128.0]  # clipped only at the input's edge
+
+
+def test_face_boxes_from_a_tensor_frame_match_the_image_path() -> None:
+    session = select(FACE_MODEL).load(FACE_MODEL)
+    pre = Preprocessor(FACE_PRE, session.inputs[0])
+    post = build_postprocessor(DetectionPostprocess(type="ssd", labels=["face"]), session.outputs)
+    tensor, _ = pre(read_file(ASSETS / "images" / "astronaut.jpg"))  # (1, 128, 128, 3)
+    frame = Frame(tensor[0], 0.0, "astronaut.npy", is_tensor=True)
+    again, box = pre(frame)
+    (face,) = post(session.run({session.inputs[0].name: again}), box)["detections"]
+    # 512 px photo -> 128 px input: the face is a quarter of its image-pixel box
+    assert 40 < face["box"][0] < 50 and 65 < face["box"][2] < 74
+
+
+def test_replay_cache_decodes_each_file_once_and_restamps_frames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent.sources import replay
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    decoded: list[Path] = []
+    real_read = replay.read_file
+
+    def counting_read(path: Path) -> Frame:
+        decoded.append(path)
+        return real_read(path)
+
+    monkeypatch.setattr(replay, "read_file", counting_read)
+    stop = threading.Event()
+    frames: list[Frame] = []
+
+    def emit(frame: Frame) -> None:
+        frames.append(frame)
+        if len(frames) == 4:
+            stop.set()
+
+    ReplayRunner(ReplaySource(type="replay", path=tmp_path, rate_hz=0, cache_mb=1), emit, stop).run()
+    assert len(decoded) == 1 and len(frames) == 4
+    assert frames[3].ts >= frames[0].ts and frames[3].data is frames[0].data
