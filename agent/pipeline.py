@@ -111,6 +111,8 @@ class Pipeline:
         self.frames: StageQueue[Frame] = StageQueue(cfg.queue_size, cfg.frame_overflow())
         self.results: StageQueue[Inferred] = StageQueue(max(cfg.queue_size, 16), "block")
         self._stop = threading.Event()
+        self._stop_requested = asyncio.Event()
+        self._inflight: set[asyncio.Future[None]] = set()
         self.source = ReplayRunner(cfg.source, self._emit, self._stop)
         self.error: AgentError | None = None
 
@@ -128,16 +130,35 @@ class Pipeline:
         return snap
 
     def stop(self) -> None:
-        """Ask the source to stop; what is already queued is still inferred and published."""
+        """Ask the source to stop; what is already queued is still inferred and published. Loop thread only."""
         self._stop.set()
+        self._stop_requested.set()
 
     async def run(self, link: MqttLink, qos: int, max_inflight: int, flush_timeout: float) -> None:
         """Run until the source ends or stop() was called, then flush. Errors end up in ``self.error``."""
         source = run_in_thread(self._source_main, f"{self.name}-source")
         worker = run_in_thread(self._worker_main, f"{self.name}-infer")
+        publisher = asyncio.ensure_future(self._publish_loop(link, qos, max_inflight))
+        stop_requested = asyncio.ensure_future(self._stop_requested.wait())
         try:
-            await self._publish_loop(link, qos, max_inflight, flush_timeout)
+            await asyncio.wait({publisher, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
+            if not publisher.done():
+                # stopping: queued frames and acknowledgements get flush_timeout, even with the broker away
+                try:
+                    await asyncio.wait_for(asyncio.shield(publisher), flush_timeout)
+                except TimeoutError:
+                    publisher.cancel()
+                    lost = len(self._inflight) + len(self.results)
+                    self.counters.unacked_at_stop = lost
+                    log.warning(
+                        "pipeline %s: %d result(s) not acknowledged by the broker within %.0f s of stopping",
+                        self.name,
+                        lost,
+                        flush_timeout,
+                    )
+            await asyncio.gather(publisher, return_exceptions=True)
         finally:
+            stop_requested.cancel()
             self._stop.set()
             self.frames.close()
             self.results.close()
@@ -201,9 +222,9 @@ class Pipeline:
 
     # ---- event loop ----------------------------------------------------------------------------
 
-    async def _publish_loop(self, link: MqttLink, qos: int, max_inflight: int, flush_timeout: float) -> None:
+    async def _publish_loop(self, link: MqttLink, qos: int, max_inflight: int) -> None:
         window = asyncio.Semaphore(max_inflight)
-        inflight: set[asyncio.Future[None]] = set()
+        inflight = self._inflight
 
         def settled(fut: asyncio.Future[None]) -> None:
             inflight.discard(fut)
@@ -229,16 +250,8 @@ class Pipeline:
             fut = link.publish(self.topic, payload, qos)
             inflight.add(fut)
             fut.add_done_callback(settled)
-        if inflight:
-            _, left = await asyncio.wait(set(inflight), timeout=flush_timeout)
-            if left:
-                self.counters.unacked_at_stop = len(left)
-                log.warning(
-                    "pipeline %s: %d result(s) not acknowledged by the broker within %.0f s of stopping",
-                    self.name,
-                    len(left),
-                    flush_timeout,
-                )
+        if inflight:  # the source has ended; when stopping, run() bounds this wait
+            await asyncio.wait(set(inflight))
 
     def _payload(self, result: Inferred) -> bytes | None:
         """Post-process and serialise one result; None (counted, logged) if its outputs make no sense."""

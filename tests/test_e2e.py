@@ -154,3 +154,24 @@ postprocess = {{ type = "classification", top_k = 2, labels = "{ASSETS / "digits
         true_digit = r["source"]["origin"].removeprefix("digit_").removesuffix(".png")
         assert r["label"] == true_digit, r
         assert r["top"][0]["score"] > 0.5 and len(r["top"]) == 2
+
+
+def test_sigterm_with_the_broker_away_stops_within_the_shutdown_timeout(agent_process: Any) -> None:
+    env = {
+        **demo_env(free_port()),  # nothing listens there
+        "EDGE_AGENT_MQTT__MAX_INFLIGHT": "1",
+        "EDGE_AGENT_AGENT__SHUTDOWN_TIMEOUT_S": "1",
+        "EDGE_AGENT_AGENT__STATS_INTERVAL_S": "0.2",
+    }
+    agent = agent_process(["run", "--config", str(DEMO_TOML)], env)
+    agent.wait_log("cannot reach MQTT broker")
+    # results pile up behind the one unacknowledged publish
+    inferences = 0
+    while inferences < 3:
+        line = agent.wait_log("stats pipeline=faces")
+        inferences = int(line.split("inferences=")[1].split()[0])
+    agent.proc.send_signal(signal.SIGTERM)
+    assert agent.proc.wait(15) == 0
+    log = "".join(agent.log)
+    assert "not acknowledged by the broker within 1 s of stopping" in log
+    assert "unacked_at_stop=0" not in log.split("final pipeline=faces")[1]
