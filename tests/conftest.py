@@ -157,3 +157,13 @@ def agent_process(tmp_path: Path) -> Iterator[Any]:
             proc.proc.stdout.close()
         if proc.proc.stderr:
             proc.proc.stderr.close()
+
+
+def write_config(tmp_path: Path, port: int, pipelines: str, device_id: str = "dev") -> Path:
+    """A config file for an in-process agent: this device, a state folder under tmp_path, the test broker."""
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[agent]\ndevice_id = "{device_id}"\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n{pipelines}'
+    )
+    return path

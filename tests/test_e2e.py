@@ -11,7 +11,7 @@ from typing import Any
 from agent.app import Agent
 from agent.config import load_config
 from agent.mqtt.localbroker import Mosquitto, free_port
-from tests.conftest import ASSETS, DEMO_TOML, DIGITS_MODEL
+from tests.conftest import ASSETS, DEMO_TOML, DIGITS_MODEL, write_config
 
 DEVICE = "test-dev"
 
@@ -126,22 +126,18 @@ def test_last_will_says_offline_when_the_agent_is_killed(
 def test_onnx_digits_pipeline_in_process_replays_once_and_flushes(
     mosquitto: Mosquitto, subscribe: Any, tmp_path: Path
 ) -> None:
-    config_file = tmp_path / "digits.toml"
-    config_file.write_text(
+    config_file = write_config(
+        tmp_path,
+        mosquitto.port,
         f"""
-[agent]
-device_id = "{DEVICE}"
-state_dir = "{tmp_path / "state"}"
-[mqtt]
-host = "127.0.0.1"
-port = {mosquitto.port}
 [[pipelines]]
 name = "digits"
 source = {{ type = "replay", path = "{ASSETS / "digits" / "images"}", rate_hz = 0, loop = false }}
 model = {{ path = "{DIGITS_MODEL}" }}
 preprocess = {{ color = "gray", mean = [255.0], std = [-255.0] }}
 postprocess = {{ type = "classification", top_k = 2, labels = "{ASSETS / "digits" / "labels.txt"}" }}
-"""
+""",
+        device_id=DEVICE,
     )
     sub = subscribe(mosquitto.port, f"edge/{DEVICE}/digits/result")
     config = load_config(config_file)

@@ -11,7 +11,7 @@ import numpy as np
 from agent.app import Agent
 from agent.config import load_config
 from agent.mqtt.localbroker import Mosquitto
-from tests.conftest import FACE_MODEL
+from tests.conftest import FACE_MODEL, write_config
 
 
 def test_drops_are_counted_and_every_inference_is_published(
@@ -22,15 +22,10 @@ def test_drops_are_counted_and_every_inference_is_published(
     for i in range(60):
         np.save(frames / f"{i:03d}.npy", np.full((1, 128, 128, 3), (i % 7) / 7, np.float32))
     (frames / "999.npy").write_bytes(b"not a tensor")
-    config_file = tmp_path / "c.toml"
-    config_file.write_text(
+    config_file = write_config(
+        tmp_path,
+        mosquitto.port,
         f"""
-[agent]
-device_id = "dev"
-state_dir = "{tmp_path / "state"}"
-[mqtt]
-host = "127.0.0.1"
-port = {mosquitto.port}
 [[pipelines]]
 name = "burst"
 queue_size = 1
@@ -38,7 +33,7 @@ overflow = "drop_oldest"
 source = {{ type = "replay", path = "{frames}", rate_hz = 0, loop = false }}
 model = {{ path = "{FACE_MODEL}" }}
 postprocess = {{ type = "ssd", labels = ["face"] }}
-"""
+""",
     )
     sub = subscribe(mosquitto.port, "edge/dev/burst/result")
     agent = Agent(load_config(config_file))
@@ -61,20 +56,16 @@ def test_replay_at_full_speed_infers_every_file_by_default(mosquitto: Mosquitto,
     frames.mkdir()
     for i in range(40):
         np.save(frames / f"{i:03d}.npy", np.zeros((1, 128, 128, 3), np.float32))
-    config_file = tmp_path / "c.toml"
-    config_file.write_text(
+    config_file = write_config(
+        tmp_path,
+        mosquitto.port,
         f"""
-[agent]
-state_dir = "{tmp_path / "state"}"
-[mqtt]
-host = "127.0.0.1"
-port = {mosquitto.port}
 [[pipelines]]
 name = "all"
 queue_size = 1
 source = {{ type = "replay", path = "{frames}", rate_hz = 0, loop = false }}
 model = {{ path = "{FACE_MODEL}" }}
-"""
+""",
     )
     agent = Agent(load_config(config_file))
     assert asyncio.run(agent.run()) == 0
