@@ -160,6 +160,15 @@ class AgentProc:
             self.proc.wait()
 
 
+def _teardown(agent: AgentProc | None, sub: Subscriber | None, broker: Mosquitto) -> None:
+    """Stop what one run started, newest first."""
+    if agent is not None:
+        agent.kill()
+    if sub is not None:
+        sub.close()
+    broker.close()
+
+
 def idle_run(tmp: Path, index: int) -> dict[str, Any]:
     """The bundled demo unchanged (2 Hz): start-up times, RSS once results flow, SIGTERM."""
     port = free_port()
@@ -182,11 +191,7 @@ def idle_run(tmp: Path, index: int) -> dict[str, Any]:
             "exit_code": rc,
         }
     finally:
-        if agent is not None:
-            agent.kill()
-        if sub is not None:
-            sub.close()
-        broker.close()
+        _teardown(agent, sub, broker)
 
 
 def _cpu(procs: dict[str, psutil.Process]) -> dict[str, float]:
@@ -243,11 +248,7 @@ def throughput_run(tmp: Path, npy_dir: Path, seconds: float, warmup: int = 50) -
             "agent_final_stats": final,
         }
     finally:
-        if agent is not None:
-            agent.kill()
-        if sub is not None:
-            sub.close()
-        broker.close()
+        _teardown(agent, sub, broker)
 
 
 def report(r: dict[str, Any]) -> str:
