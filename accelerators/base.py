@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+from accelerators.host import Host
 
 
 @dataclass(frozen=True)
@@ -20,20 +23,91 @@ class Probe:
     device: str = ""
 
 
+class Family(StrEnum):
+    """What kind of work a layer does; calibration and the planner's cost model are per family."""
+
+    CONV = "conv"  # standard (dense or grouped) convolution, kernel larger than 1x1
+    DEPTHWISE_CONV = "depthwise_conv"  # one filter per input channel
+    POINTWISE_CONV = "pointwise_conv"  # 1x1 convolution
+    CONV_TRANSPOSE = "conv_transpose"
+    FULLY_CONNECTED = "fully_connected"  # activation x constant weight matrix
+    MATMUL = "matmul"  # activation x activation (attention) or batched matmul
+    RECURRENT = "recurrent"  # LSTM, GRU, RNN cells
+    ELEMENTWISE = "elementwise"  # arithmetic and activation functions, one output per input element
+    NORMALIZATION = "normalization"  # batch/layer/instance norm, softmax
+    POOLING = "pooling"  # max/average/global pooling, reductions
+    RESIZE = "resize"  # upsampling, interpolation
+    RESHAPE = "reshape"  # reshape, transpose, concat, slice, pad, gather: moves data, computes nothing
+    QUANTIZE = "quantize"  # quantize, dequantize, cast
+    OTHER = "other"
+
+
+# Families whose cost is dominated by multiply-accumulates; the rest are memory-bound.
+MAC_FAMILIES = frozenset(
+    {
+        Family.CONV,
+        Family.DEPTHWISE_CONV,
+        Family.POINTWISE_CONV,
+        Family.CONV_TRANSPOSE,
+        Family.FULLY_CONNECTED,
+        Family.MATMUL,
+        Family.RECURRENT,
+    }
+)
+
+
+@dataclass(frozen=True)
+class FamilyRate:
+    """One calibration figure: how fast this accelerator ran a representative layer of one family."""
+
+    macs_per_s: float  # effective multiply-accumulates per second (0 for families without MACs)
+    bytes_per_s: float  # effective activation + parameter bytes moved per second
+    layer_ms: float  # median time of the representative layer, dispatch overhead removed
+    dtype: str = "float32"
+
+
 @dataclass(frozen=True)
 class Capabilities:
-    """What an accelerator can do; figures are estimates until calibration replaces them."""
+    """What an accelerator can do. Catalog figures are estimates; ``measured`` rates override them."""
 
     name: str
     kind: str  # "cpu", "gpu", "npu", "tpu", "none"
     formats: frozenset[str]  # model file suffixes it loads, e.g. {".onnx"}
     dtypes: frozenset[str] = frozenset({"float32"})
-    peak_ops_per_s: Mapping[str, float] = field(default_factory=dict)  # dtype -> ops/s
+    peak_ops_per_s: Mapping[str, float] = field(default_factory=dict)  # dtype -> MAC/s (1 MAC = 2 ops)
     memory_bandwidth_bytes_per_s: float | None = None
     on_chip_memory_bytes: int | None = None
     transfer_bytes_per_s: float | None = None  # host <-> device; None when it shares host memory
     dispatch_overhead_s: float = 0.0
     supported_ops: frozenset[str] | None = None  # None: every op of its formats
+    part: str = ""  # catalog entry the estimates come from, e.g. "Coral Edge TPU (USB)"
+    measured: Mapping[str, FamilyRate] = field(default_factory=dict)  # family -> calibration figure
+    measured_dispatch_overhead_s: float | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "part": self.part,
+            "formats": sorted(self.formats),
+            "dtypes": sorted(self.dtypes),
+            "peak_ops_per_s": dict(self.peak_ops_per_s),
+            "memory_bandwidth_bytes_per_s": self.memory_bandwidth_bytes_per_s,
+            "on_chip_memory_bytes": self.on_chip_memory_bytes,
+            "transfer_bytes_per_s": self.transfer_bytes_per_s,
+            "dispatch_overhead_s": self.dispatch_overhead_s,
+            "supported_ops": None if self.supported_ops is None else sorted(self.supported_ops),
+            "measured": {
+                family: {
+                    "macs_per_s": rate.macs_per_s,
+                    "bytes_per_s": rate.bytes_per_s,
+                    "layer_ms": rate.layer_ms,
+                    "dtype": rate.dtype,
+                }
+                for family, rate in self.measured.items()
+            },
+            "measured_dispatch_overhead_s": self.measured_dispatch_overhead_s,
+        }
 
 
 @dataclass(frozen=True)
@@ -47,11 +121,23 @@ class TensorSpec:
 
 
 class BackendOptions(BaseModel):
-    """Options every backend accepts; backends subclass this with a ``type`` literal."""
+    """Options for loading one model: how much of the device one session may use."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     threads: int = Field(1, ge=1, le=64, description="CPU threads the backend may use for one inference.")
+
+
+class BackendConfig(BaseModel):
+    """A backend's device-level settings (``[[accelerators]]`` in the agent's config).
+
+    Each backend module subclasses this with ``type: Literal["<its type>"]`` and its own fields.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+    enabled: bool = Field(True, description="false: list this backend as unavailable and never use it.")
 
 
 @runtime_checkable
@@ -72,7 +158,7 @@ class Session(Protocol):
 
 
 class Backend(Protocol):
-    """One accelerator as the agent sees it."""
+    """One accelerator as the agent sees it (a backend type may offer several, e.g. one per device)."""
 
     name: str
 
@@ -106,3 +192,16 @@ def check_inputs(specs: tuple[TensorSpec, ...], inputs: Mapping[str, np.ndarray]
 
 def format_shape(shape: tuple[int | None, ...]) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+class BackendType(Protocol):
+    """What ``@register`` takes: a class that lists the accelerators of one backend type on a host."""
+
+    type: ClassVar[str]
+    Config: ClassVar[type[BackendConfig]]
+
+    @classmethod
+    def accelerators(cls, host: Host, config: BackendConfig) -> list[Backend]:
+        """Every accelerator of this type on ``host``, available or not (then probe() says why)."""
+        ...
+

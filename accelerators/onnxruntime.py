@@ -1,15 +1,18 @@
-"""onnxruntime, CPU execution provider."""
+"""onnxruntime: the CPU execution provider and every other provider the installed build offers."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
-from accelerators.base import BackendOptions, Capabilities, Probe, TensorSpec, check_inputs
+from accelerators.base import Backend, BackendConfig, BackendOptions, Capabilities, Probe, TensorSpec, check_inputs
 from accelerators.errors import BackendUnavailable, InferenceError, ModelLoadError
+from accelerators.host import Host
+from accelerators.modelfile import check_model_file
 from accelerators.registry import register
 
 # onnxruntime's type strings -> numpy dtype names
@@ -72,31 +75,89 @@ class OnnxRuntimeSession:
         self._session = None
 
 
-@register
-class OnnxRuntimeCpu:
-    """onnxruntime's CPU execution provider, configured for a small shared-core device."""
+# Execution providers worth offering as accelerators: provider -> (suffix, kind, device nodes one
+# of which must exist, install hint). Providers a build offers that are not listed here still appear.
+_PROVIDERS: dict[str, tuple[str, str, tuple[str, ...], str]] = {
+    "CPUExecutionProvider": ("cpu", "cpu", (), "pip install onnxruntime"),
+    "CUDAExecutionProvider": ("cuda", "gpu", ("/dev/nvidiactl", "/dev/nvidia0"), "pip install onnxruntime-gpu"),
+    "TensorrtExecutionProvider": ("tensorrt", "gpu", ("/dev/nvidiactl", "/dev/nvidia0"), "pip install onnxruntime-gpu"),
+    "OpenVINOExecutionProvider": ("openvino", "cpu", (), "pip install onnxruntime-openvino"),
+    "QNNExecutionProvider": ("qnn", "npu", ("/dev/fastrpc-cdsp", "/dev/adsprpc-smd"), "pip install onnxruntime-qnn"),
+    "ROCMExecutionProvider": ("rocm", "gpu", ("/dev/kfd",), "an onnxruntime build with ROCm"),
+    "MIGraphXExecutionProvider": ("migraphx", "gpu", ("/dev/kfd",), "an onnxruntime build with MIGraphX"),
+    "ACLExecutionProvider": ("acl", "cpu", (), "an onnxruntime build with the Arm Compute Library"),
+}
+_IGNORED = {"AzureExecutionProvider"}  # remote inference, not a local accelerator
 
-    name = "onnxruntime-cpu"
+
+class OnnxRuntimeConfig(BackendConfig):
+    type: Literal["onnxruntime"] = "onnxruntime"
+    providers: list[str] = Field(
+        default_factory=list,
+        description="Execution providers to offer besides the CPU (e.g. ['CUDAExecutionProvider']); "
+        "empty: every provider this onnxruntime build has.",
+    )
+
+
+@register
+class OnnxRuntimeType:
+    """onnxruntime: one accelerator per execution provider the installed build offers."""
+
+    type = "onnxruntime"
+    Config = OnnxRuntimeConfig
+
+    @classmethod
+    def accelerators(cls, host: Host, config: BackendConfig) -> list[Backend]:
+        assert isinstance(config, OnnxRuntimeConfig)
+        try:
+            built = [p for p in _import_ort().get_available_providers() if p not in _IGNORED]
+        except BackendUnavailable:
+            built = []
+        names = ["CPUExecutionProvider", *(p for p in _PROVIDERS if p != "CPUExecutionProvider")]
+        names += [p for p in built if p not in _PROVIDERS]
+        if config.providers:
+            names = ["CPUExecutionProvider", *(p for p in names if p in config.providers)]
+        return [OnnxRuntimeBackend(p, host, config, p in built) for p in names]
+
+
+class OnnxRuntimeBackend:
+    """onnxruntime with one execution provider, configured for a small shared-core device."""
+
+    def __init__(self, provider: str, host: Host, config: OnnxRuntimeConfig, built: bool) -> None:
+        suffix, self._kind, self._nodes, self._hint = _PROVIDERS.get(
+            provider, (provider.removesuffix("ExecutionProvider").lower(), "cpu", (), "")
+        )
+        self.name = f"onnxruntime-{suffix}"
+        self.provider = provider
+        self._host = host
+        self._config = config
+        self._built = built
 
     def probe(self) -> Probe:
+        if not self._config.enabled:
+            return Probe(False, "disabled in the config ([[accelerators]] type = 'onnxruntime')")
         try:
             ort = _import_ort()
         except BackendUnavailable as exc:
             return Probe(False, str(exc))
-        if "CPUExecutionProvider" not in ort.get_available_providers():
-            return Probe(False, "this onnxruntime build has no CPUExecutionProvider")
-        return Probe(True, device=f"onnxruntime {ort.__version__} CPU")
+        if not self._built:
+            hint = f" ({self._hint})" if self._hint else ""
+            return Probe(False, f"this onnxruntime build has no {self.provider}{hint}")
+        if self._nodes and not any(self._host.exists(node) for node in self._nodes):
+            return Probe(False, f"{self.provider} is built in but no device node found ({', '.join(self._nodes)})")
+        return Probe(True, device=f"onnxruntime {ort.__version__} {self.provider.removesuffix('ExecutionProvider')}")
 
     def capabilities(self) -> Capabilities:
         return Capabilities(
             name=self.name,
-            kind="cpu",
+            kind=self._kind,
             formats=frozenset({".onnx"}),
             dtypes=frozenset({"float32", "float16", "int8", "uint8"}),
         )
 
     def load(self, model: Path, options: BackendOptions | None = None) -> OnnxRuntimeSession:
         ort = _import_ort()
+        check_model_file(model)
         opts = options or BackendOptions()
         so = ort.SessionOptions()
         so.intra_op_num_threads = opts.threads
@@ -107,8 +168,9 @@ class OnnxRuntimeCpu:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         so.log_severity_level = 3
+        providers = [self.provider] if self.provider == "CPUExecutionProvider" else [self.provider, "CPUExecutionProvider"]
         try:
-            session = ort.InferenceSession(str(model), sess_options=so, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(model), sess_options=so, providers=providers)
         except Exception as exc:
             raise ModelLoadError(f"{model}: onnxruntime cannot load it: {_first_line(exc)}") from exc
         return OnnxRuntimeSession(session, model)

@@ -1,60 +1,98 @@
-"""Backend registry: modules register their backend class with ``@register``; ``discover`` imports them.
+"""Backend registry: each backend module registers its type with ``@register``; ``discover`` imports them.
 
-Backend modules import their vendor SDK lazily (inside probe/load), so importing a module never
-fails because an SDK is missing: the backend is listed, and ``probe()`` says why it is unavailable.
+A backend type lists its accelerators on a host (onnxruntime: one per execution provider; OpenVINO:
+one per device; Edge TPU: one per stick or card). Backend modules import their vendor SDK lazily,
+inside probe/load, so importing a module never fails because an SDK is missing: the accelerator is
+listed, and ``probe()`` says why it is unavailable.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from accelerators.base import Backend, Probe
+from accelerators.base import Backend, BackendConfig, BackendType, Probe
 from accelerators.errors import BackendUnavailable
+from accelerators.host import Host
 
 log = logging.getLogger(__name__)
 
-_MODULES = ("accelerators.onnxruntime", "accelerators.litert")
-_REGISTRY: dict[str, Callable[[], Backend]] = {}
-_INSTANCES: dict[str, Backend] = {}
+_MODULES = (
+    "accelerators.onnxruntime",
+    "accelerators.litert",
+    "accelerators.openvino",
+    "accelerators.edgetpu",
+    "accelerators.rknn",
+    "accelerators.npu_delegate",
+    "accelerators.null",
+)
+_TYPES: dict[str, type[Any]] = {}
+_CACHE: dict[tuple[Host, tuple[BackendConfig, ...]], dict[str, Backend]] = {}
 
-B = TypeVar("B", bound=type)
+T = TypeVar("T", bound=type)
 
 
-def register(cls: B) -> B:
-    """Class decorator: make a backend known under its ``name`` attribute."""
-    name = getattr(cls, "name", None)
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"{cls.__qualname__} needs a non-empty class attribute 'name'")
-    if name in _REGISTRY and _REGISTRY[name] is not cls:
-        raise ValueError(f"backend name {name!r} registered twice")
-    _REGISTRY[name] = cls
+def register(cls: T) -> T:
+    """Class decorator: make a backend type known under its ``type`` attribute."""
+    kind = getattr(cls, "type", None)
+    if not isinstance(kind, str) or not kind:
+        raise TypeError(f"{cls.__qualname__} needs a non-empty class attribute 'type'")
+    if not hasattr(cls, "Config") or not hasattr(cls, "accelerators"):
+        raise TypeError(f"{cls.__qualname__} needs a 'Config' model and an 'accelerators' classmethod")
+    if kind in _TYPES and _TYPES[kind] is not cls:
+        raise ValueError(f"backend type {kind!r} registered twice")
+    _TYPES[kind] = cls
     return cls
 
 
-def discover() -> dict[str, Backend]:
-    """Import every backend module and return one instance per registered backend, by name."""
+def backend_types() -> dict[str, BackendType]:
+    """Every registered backend type, by ``type``; imports the backend modules on first use."""
     for module in _MODULES:
         try:
             importlib.import_module(module)
         except ImportError as exc:  # a backend module itself is broken: say so, keep the rest
             log.warning("backend module %s could not be imported: %s", module, exc)
-    for name, factory in _REGISTRY.items():
-        if name not in _INSTANCES:
-            _INSTANCES[name] = factory()
-    return dict(_INSTANCES)
+    return dict(_TYPES)
 
 
-def probe_all() -> dict[str, Probe]:
-    return {name: backend.probe() for name, backend in discover().items()}
+def config_models() -> list[type[BackendConfig]]:
+    return [t.Config for t in backend_types().values()]
 
 
-def select(model: Path, preferred: str = "auto") -> Backend:
+def discover(host: Host | None = None, configs: Iterable[BackendConfig] = ()) -> dict[str, Backend]:
+    """One instance per accelerator, by name; ``configs`` set up backend types (defaults otherwise)."""
+    host = host or Host()
+    configs = tuple(configs)
+    key = (host, configs)
+    if key in _CACHE:
+        return dict(_CACHE[key])
+    by_type: Mapping[str, BackendConfig] = {c.type: c for c in configs}
+    found: dict[str, Backend] = {}
+    for kind, backend_type in backend_types().items():
+        config = by_type.get(kind) or backend_type.Config(type=kind)
+        try:
+            accelerators = backend_type.accelerators(host, config)
+        except Exception as exc:  # one broken backend type must not hide the others
+            log.warning("backend type %s failed to list its accelerators: %s", kind, exc)
+            continue
+        for backend in accelerators:
+            found[backend.name] = backend
+    _CACHE[key] = found
+    return dict(found)
+
+
+def probe_all(host: Host | None = None, configs: Iterable[BackendConfig] = ()) -> dict[str, Probe]:
+    return {name: backend.probe() for name, backend in discover(host, configs).items()}
+
+
+def select(
+    model: Path, preferred: str = "auto", host: Host | None = None, configs: Iterable[BackendConfig] = ()
+) -> Backend:
     """The backend to run ``model`` on: the one named, or the first available that loads its format."""
-    backends = discover()
+    backends = discover(host, configs)
     suffix = model.suffix.lower()
     if preferred != "auto":
         backend = backends.get(preferred)
@@ -69,7 +107,10 @@ def select(model: Path, preferred: str = "auto") -> Backend:
         return backend
     reasons = []
     for name, backend in backends.items():
-        if suffix not in backend.capabilities().formats:
+        caps = backend.capabilities()
+        if suffix not in caps.formats or caps.kind == "none":
+            continue
+        if not _accepts(name, model):
             continue
         probe = backend.probe()
         if probe.available:
@@ -79,3 +120,9 @@ def select(model: Path, preferred: str = "auto") -> Backend:
         raise BackendUnavailable(f"no available backend runs {suffix} models ({'; '.join(reasons)})")
     formats = sorted({f for b in backends.values() for f in b.capabilities().formats})
     raise BackendUnavailable(f"no backend loads {suffix or 'extension-less'} files; supported: {', '.join(formats)}")
+
+
+def _accepts(name: str, model: Path) -> bool:
+    """Edge TPU-compiled models run only on an Edge TPU; plain models never on one."""
+    compiled = model.name.endswith("_edgetpu.tflite")
+    return compiled == name.startswith("edgetpu")

@@ -1,0 +1,13 @@
+"""Checks a model file before any runtime sees it: hostile files get one clear error, not a crash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from accelerators.errors import ModelLoadError
+
+
+def check_model_file(path: Path) -> None:
+    """Raise ModelLoadError naming ``path`` if it is not a plausible, self-contained model of its format."""
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such model file")

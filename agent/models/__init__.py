@@ -1,0 +1,1 @@
+"""Model files: layer profiles (ONNX and TFLite read into one IR)."""
