@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -136,7 +137,7 @@ class BackendConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    type: str
+    type: str = Field(description="Backend type this entry configures.")
     enabled: bool = Field(True, description="false: list this backend as unavailable and never use it.")
 
 
@@ -198,10 +199,9 @@ class BackendType(Protocol):
     """What ``@register`` takes: a class that lists the accelerators of one backend type on a host."""
 
     type: ClassVar[str]
-    Config: ClassVar[type[BackendConfig]]
+    Config: ClassVar[builtins.type[BackendConfig]]  # "type" is also this protocol's attribute name
 
     @classmethod
     def accelerators(cls, host: Host, config: BackendConfig) -> list[Backend]:
         """Every accelerator of this type on ``host``, available or not (then probe() says why)."""
         ...
-

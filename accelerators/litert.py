@@ -83,7 +83,7 @@ class LiteRtSession:
 
 
 class LiteRtConfig(BackendConfig):
-    type: Literal["litert"] = "litert"
+    type: Literal["litert"] = Field("litert", description="The LiteRT (or tflite_runtime) interpreter on the CPU.")
     xnnpack: bool = Field(True, description="Use the XNNPACK CPU delegate (about 2x faster; costs ~2.5 MB).")
 
 

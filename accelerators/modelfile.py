@@ -11,3 +11,14 @@ def check_model_file(path: Path) -> None:
     """Raise ModelLoadError naming ``path`` if it is not a plausible, self-contained model of its format."""
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such model file")
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        from accelerators.onnx_file import check_onnx_file
+
+        check_onnx_file(path)
+    elif suffix == ".tflite":
+        try:
+            from accelerators.tflite_file import check_tflite_file  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:  # the TFLite checker is optional: without it the runtime's own checks apply
+            return
+        check_tflite_file(path)

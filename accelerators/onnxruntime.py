@@ -91,9 +91,9 @@ _IGNORED = {"AzureExecutionProvider"}  # remote inference, not a local accelerat
 
 
 class OnnxRuntimeConfig(BackendConfig):
-    type: Literal["onnxruntime"] = "onnxruntime"
-    providers: list[str] = Field(
-        default_factory=list,
+    type: Literal["onnxruntime"] = Field("onnxruntime", description="onnxruntime and its execution providers.")
+    providers: tuple[str, ...] = Field(
+        (),
         description="Execution providers to offer besides the CPU (e.g. ['CUDAExecutionProvider']); "
         "empty: every provider this onnxruntime build has.",
     )
@@ -168,7 +168,9 @@ class OnnxRuntimeBackend:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         so.log_severity_level = 3
-        providers = [self.provider] if self.provider == "CPUExecutionProvider" else [self.provider, "CPUExecutionProvider"]
+        providers = (
+            [self.provider] if self.provider == "CPUExecutionProvider" else [self.provider, "CPUExecutionProvider"]
+        )
         try:
             session = ort.InferenceSession(str(model), sess_options=so, providers=providers)
         except Exception as exc:

@@ -12,7 +12,7 @@ import importlib
 import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar, cast
 
 from accelerators.base import Backend, BackendConfig, BackendType, Probe
 from accelerators.errors import BackendUnavailable
@@ -29,7 +29,7 @@ _MODULES = (
     "accelerators.npu_delegate",
     "accelerators.null",
 )
-_TYPES: dict[str, type[Any]] = {}
+_TYPES: dict[str, BackendType] = {}
 _CACHE: dict[tuple[Host, tuple[BackendConfig, ...]], dict[str, Backend]] = {}
 
 T = TypeVar("T", bound=type)
@@ -42,9 +42,10 @@ def register(cls: T) -> T:
         raise TypeError(f"{cls.__qualname__} needs a non-empty class attribute 'type'")
     if not hasattr(cls, "Config") or not hasattr(cls, "accelerators"):
         raise TypeError(f"{cls.__qualname__} needs a 'Config' model and an 'accelerators' classmethod")
-    if kind in _TYPES and _TYPES[kind] is not cls:
+    backend_type = cast(BackendType, cls)  # checked above: a class with type, Config and accelerators
+    if _TYPES.get(kind, backend_type) is not backend_type:
         raise ValueError(f"backend type {kind!r} registered twice")
-    _TYPES[kind] = cls
+    _TYPES[kind] = backend_type
     return cls
 
 

@@ -39,7 +39,8 @@ class Agent:
         self._install_signals(loop)
         state_dir = resolve_state_dir(self.config.agent.state_dir)
         # loading models is blocking work; errors here are the user's to fix (exit 2 via the CLI)
-        models = await asyncio.gather(*(asyncio.to_thread(LoadedModel, p) for p in self.config.pipelines))
+        backends = self.config.backend_configs
+        models = await asyncio.gather(*(asyncio.to_thread(LoadedModel, p, backends) for p in self.config.pipelines))
         self.pipelines = [
             Pipeline(p, m, self.topics, SeqAllocator(state_dir, p.name))
             for p, m in zip(self.config.pipelines, models, strict=True)

@@ -83,6 +83,49 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Print the configuration in force, as JSON.",
     )
     _config_arg(show)
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="list every accelerator: available or why not, capabilities, calibration",
+        description="Probe every backend this build knows (available, or the reason not), show its capabilities "
+        "from the catalog and, where measured, the calibration figures cached for this hardware.",
+    )
+    _config_arg(doctor)
+    doctor.add_argument("--json", action="store_true", help='print JSON: {"accelerators": [...]}')
+    doctor.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="time a representative layer of each family on each available accelerator and cache the figures",
+    )
+    doctor.add_argument(
+        "--accelerator",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with --calibrate: only this one (repeatable)",
+    )
+    doctor.add_argument(
+        "--budget", type=float, default=0.25, metavar="SECONDS", help="timing budget per layer (default: %(default)s)"
+    )
+
+    profile = sub.add_parser(
+        "profile",
+        help="profile a model layer by layer: op, family, MACs, parameters, activations",
+        description="Read an .onnx or .tflite model and print, per layer, its op, family, MACs, parameter and "
+        "activation bytes, dtype and arithmetic intensity, with totals. Nothing is executed.",
+    )
+    profile.add_argument("model", type=Path, metavar="MODEL")
+    profile.add_argument("--json", action="store_true", help="print the profile as JSON")
+    profile.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME=D1,D2,...",
+        help="pin a dynamic input's shape (repeatable), e.g. images=1,3,224,224",
+    )
+    profile.add_argument(
+        "--default-dim", type=int, default=1, metavar="N", help="value for other dynamic dimensions (default: 1)"
+    )
     return parser
 
 
@@ -151,7 +194,57 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "demo": cmd_demo, "config": cmd_config}
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from accelerators.errors import AcceleratorError
+    from agent.doctor import examine, format_text, host_json
+    from agent.state import resolve_state_dir
+
+    _setup_logging("warning")
+    if args.budget <= 0:
+        raise AgentError("--budget must be positive")
+    if args.accelerator and not args.calibrate:
+        raise AgentError("--accelerator is used with --calibrate")
+    config, _ = _load(args.config)
+    try:
+        cache_dir: Path | None = resolve_state_dir(config.agent.state_dir) / "calibration"
+    except AgentError as exc:
+        if args.calibrate:
+            raise
+        log.warning("calibration cache not read: %s", exc)
+        cache_dir = None
+    try:
+        entries = examine(config.backend_configs, cache_dir, args.calibrate, args.accelerator, budget_s=args.budget)
+    except AcceleratorError as exc:
+        raise AgentError(str(exc)) from exc
+    if args.json:
+        print(json.dumps({"host": host_json(), "accelerators": [e.to_json() for e in entries]}, indent=2))
+    else:
+        print(format_text(entries, cache_dir))
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from agent.models.profile import parse_input_shape, profile_model
+    from agent.models.report import format_profile
+
+    if args.default_dim < 1:
+        raise AgentError("--default-dim must be at least 1")
+    shapes = dict(parse_input_shape(text) for text in args.input)
+    profile = profile_model(args.model, shapes, args.default_dim)
+    if args.json:
+        print(json.dumps(profile.to_json(), indent=2))
+    else:
+        print(format_profile(profile))
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "demo": cmd_demo,
+    "config": cmd_config,
+    "doctor": cmd_doctor,
+    "profile": cmd_profile,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

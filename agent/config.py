@@ -13,10 +13,12 @@ import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from accelerators.base import BackendConfig
+from accelerators.registry import config_models
 from agent.errors import ConfigError
 
 ENV_PREFIX = "EDGE_AGENT_"
@@ -193,10 +195,37 @@ class PipelineConfig(Section):
         return "block" if self.source.rate_hz == 0 else "drop_oldest"
 
 
+def _accelerator_config_type() -> Any:
+    """One ``[[accelerators]]`` entry: the settings model of the backend type named by ``type``."""
+    models = tuple(config_models())
+    return Annotated[Union[models], Field(discriminator="type")]  # noqa: UP007  (a tuple of types needs Union[])
+
+
+AcceleratorConfig: Any = _accelerator_config_type()
+ACCELERATOR_TYPES = tuple(sorted(m.model_fields["type"].default for m in config_models()))
+
+
 class Config(Section):
     agent: AgentSection = Field(default_factory=AgentSection, description="The daemon itself.")
     mqtt: MqttSection = Field(default_factory=MqttSection, description="The MQTT broker connection.")
+    accelerators: list[AcceleratorConfig] = Field(
+        default_factory=list,
+        description="Settings per backend type (one entry per type, e.g. type = 'edgetpu'); types not listed "
+        f"use their defaults. Types: {', '.join(ACCELERATOR_TYPES)}.",
+    )
     pipelines: list[PipelineConfig] = Field(min_length=1, description="What to run: source -> model -> MQTT.")
+
+    @property
+    def backend_configs(self) -> tuple[BackendConfig, ...]:
+        return tuple(self.accelerators)
+
+    @model_validator(mode="after")
+    def _unique_accelerator_types(self) -> Config:
+        types = [a.type for a in self.accelerators]
+        dupes = sorted({t for t in types if types.count(t) > 1})
+        if dupes:
+            raise ValueError(f"one [[accelerators]] entry per type; repeated: {', '.join(dupes)}")
+        return self
 
     @model_validator(mode="after")
     def _unique_pipelines(self) -> Config:
@@ -305,11 +334,15 @@ def format_validation_error(exc: ValidationError, overridden: Mapping[tuple[str,
     for err in exc.errors():
         loc = [str(x) for x in err["loc"]]
         # discriminated unions add the tag to the location ("source.replay.path"); it only confuses
-        loc = [x for i, x in enumerate(loc) if not (i > 0 and x in {"replay", "ssd", "classification", "raw"})]
+        tags = {"replay", "ssd", "classification", "raw", *ACCELERATOR_TYPES}
+        loc = [x for i, x in enumerate(loc) if not (i > 0 and x in tags)]
         where = ".".join(loc) or "(top level)"
         if err["type"] == "extra_forbidden":
             section = ".".join(loc[:-1]) or "the top level"
             text = f"unknown key {loc[-1]!r} in [{section}]"
+        elif err["type"] == "union_tag_invalid":
+            ctx = err.get("ctx", {})
+            text = f"{where}.type: unknown type {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
         elif err["type"] == "missing":
             text = f"{where}: required but missing"
         else:

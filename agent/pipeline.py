@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from accelerators.base import BackendOptions, Session
+from accelerators.base import BackendConfig, BackendOptions, Session
 from accelerators.errors import AcceleratorError, InferenceError
 from accelerators.registry import select
 from agent.config import PipelineConfig
@@ -75,10 +75,10 @@ class Inferred:
 class LoadedModel:
     """A model opened on its backend, with the pre/post-processing built for its tensors."""
 
-    def __init__(self, cfg: PipelineConfig) -> None:
+    def __init__(self, cfg: PipelineConfig, backends: tuple[BackendConfig, ...] = ()) -> None:
         self.cfg = cfg
         try:
-            self.backend = select(cfg.model.path, cfg.model.backend)
+            self.backend = select(cfg.model.path, cfg.model.backend, configs=backends)
             self.session: Session = self.backend.load(cfg.model.path, BackendOptions(threads=cfg.model.threads))
         except AcceleratorError as exc:
             raise ModelError(f"pipeline {cfg.name!r}: {exc}") from exc

@@ -43,7 +43,18 @@ def test_version() -> None:
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["run"], ["demo"], ["config"], ["config", "schema"], ["config", "check"], ["config", "show"]]
+    "command",
+    [
+        [],
+        ["run"],
+        ["demo"],
+        ["config"],
+        ["config", "schema"],
+        ["config", "check"],
+        ["config", "show"],
+        ["doctor"],
+        ["profile"],
+    ],
 )
 def test_every_command_has_help(command: list[str]) -> None:
     proc = cli(*command, "--help")

@@ -44,10 +44,18 @@ def test_truncated_and_garbage_models_are_load_errors(tmp_path: Path, model: Pat
 
 
 def test_edgetpu_models_are_not_run_on_the_cpu(tmp_path: Path) -> None:
+    """Selection routes compiled models to an Edge TPU only; with none here it says why, naming it."""
     compiled = tmp_path / "face_edgetpu.tflite"
     compiled.write_bytes(FACE_MODEL.read_bytes())
+    if "edgetpu" not in discover():
+        pytest.skip("an Edge TPU is plugged in here")
+    reason = discover()["edgetpu"].probe().reason
+    assert reason.startswith("no Edge TPU found")
+    with pytest.raises(BackendUnavailable) as info:
+        select(compiled)
+    assert f"edgetpu: {reason}" in str(info.value) and "litert-cpu" not in str(info.value)
     with pytest.raises(ModelLoadError, match="Edge TPU"):
-        select(compiled).load(compiled)
+        discover()["litert-cpu"].load(compiled)
 
 
 @pytest.mark.parametrize("model", [FACE_MODEL, DIGITS_MODEL])
@@ -70,16 +78,17 @@ def test_litert_falls_back_to_tflite_runtime(monkeypatch: pytest.MonkeyPatch) ->
     import sys
     import types
 
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter, load_delegate
 
-    from accelerators.litert import LiteRtCpu
+    from accelerators.litert import LiteRtConfig, LiteRtCpu
 
     fake = types.ModuleType("tflite_runtime.interpreter")
     fake.Interpreter = Interpreter  # type: ignore[attr-defined]
+    fake.load_delegate = load_delegate  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # import now raises ImportError
     monkeypatch.setitem(sys.modules, "tflite_runtime", types.ModuleType("tflite_runtime"))
     monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", fake)
-    backend = LiteRtCpu()
+    backend = LiteRtCpu(LiteRtConfig())
     assert backend.probe().device.startswith("tflite_runtime")
     assert backend.load(FACE_MODEL).outputs[0].shape == (1, 896, 16)
     monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", None)

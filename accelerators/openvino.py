@@ -1,0 +1,224 @@
+"""OpenVINO: one accelerator per device it reports (Intel CPU, integrated/discrete GPU, NPU)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from accelerators import catalog
+from accelerators.base import Backend, BackendConfig, BackendOptions, Capabilities, Probe, TensorSpec, check_inputs
+from accelerators.errors import BackendUnavailable, InferenceError, ModelLoadError
+from accelerators.host import Host
+from accelerators.modelfile import check_model_file
+from accelerators.registry import register
+
+FORMATS = frozenset({".onnx", ".xml"})  # .xml: OpenVINO IR, with its .bin beside it
+_ALWAYS = ("CPU", "GPU", "NPU")  # listed even when absent, so `doctor` says what is missing
+_KINDS = {"CPU": "cpu", "GPU": "gpu", "NPU": "npu"}
+# OPTIMIZATION_CAPABILITIES -> numpy dtype names (the others, e.g. BIN, EXPORT_IMPORT, are features)
+_CAPABILITY_DTYPES = {"FP32": ("float32",), "FP16": ("float16",), "BF16": ("bfloat16",), "INT8": ("int8", "uint8")}
+
+_shared: dict[str, Any] = {}  # "core": the one openvino.Core
+_core_lock = threading.Lock()
+
+
+def _openvino() -> Any:
+    try:
+        import openvino
+    except ImportError as exc:
+        raise BackendUnavailable(f"openvino is not installed ({exc}): pip install 'edge-agent[openvino]'") from exc
+    return openvino
+
+
+def core() -> Any:
+    """The process's one ``openvino.Core``: creating one loads plugins (~0.3 s on a small device)."""
+    with _core_lock:
+        if "core" not in _shared:
+            _shared["core"] = _openvino().Core()
+        return _shared["core"]
+
+
+def _last_line(exc: BaseException) -> str:
+    """OpenVINO's messages start with "Exception from src/...cpp:84:" lines; the last line says what happened."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith("Exception from ")]
+    return (useful or lines or [type(exc).__name__])[-1]
+
+
+class OpenVinoConfig(BackendConfig):
+    type: Literal["openvino"] = Field("openvino", description="OpenVINO: Intel CPU, GPU and NPU devices.")
+    performance_hint: Literal["LATENCY", "THROUGHPUT"] = Field(
+        "LATENCY", description="LATENCY: one stream, fastest single inference; THROUGHPUT: parallel streams."
+    )
+    cache_dir: Path | None = Field(
+        None, description="Folder for compiled-model blobs; GPU and NPU compile much faster on the second start."
+    )
+
+
+@register
+class OpenVinoType:
+    type = "openvino"
+    Config = OpenVinoConfig
+
+    @classmethod
+    def accelerators(cls, host: Host, config: BackendConfig) -> list[Backend]:
+        assert isinstance(config, OpenVinoConfig)
+        try:
+            reported = [str(d) for d in core().available_devices]
+        except BackendUnavailable:
+            reported = []
+        except RuntimeError as exc:  # a broken installation: still list the devices, with the reason
+            reason = f"OpenVINO cannot list its devices: {_last_line(exc)}"
+            return [OpenVinoDevice(d, host, config, reported=False, reason=reason) for d in _ALWAYS]
+        devices = list(_ALWAYS)
+        for device in reported:
+            # "GPU.0" is the device "GPU" already names; later indices are further cards.
+            if device not in devices and device.partition(".")[2] != "0":
+                devices.append(device)
+        present = set(reported) | {d.partition(".")[0] for d in reported}
+        return [OpenVinoDevice(d, host, config, reported=d in present) for d in devices]
+
+
+class OpenVinoDevice:
+    """One OpenVINO device ("CPU", "GPU", "GPU.1", "NPU")."""
+
+    def __init__(self, device: str, host: Host, config: OpenVinoConfig, reported: bool, reason: str = "") -> None:
+        self.device = device
+        self.name = "openvino-" + device.lower().replace(".", "-")
+        self._host = host
+        self._config = config
+        self._reported = reported
+        self._reason = reason
+
+    def probe(self) -> Probe:
+        if not self._config.enabled:
+            return Probe(False, "disabled in the config ([[accelerators]] type = 'openvino')")
+        try:
+            ov = _openvino()
+        except BackendUnavailable as exc:
+            return Probe(False, str(exc))
+        if not self._reported:
+            return Probe(False, self._reason or self._absent_reason())
+        version = str(ov.__version__).split("-")[0]  # "2026.4.1-22982-e213a14..." -> "2026.4.1"
+        return Probe(True, device=f"{self._property('FULL_DEVICE_NAME') or self.device} (OpenVINO {version})")
+
+    def _absent_reason(self) -> str:
+        family = self.device.partition(".")[0]
+        if family == "GPU":
+            nodes = self._host.glob("/dev/dri", "renderD*")
+            hint = (
+                "install the Intel compute runtime (intel-opencl-icd)"
+                if nodes
+                else "no /dev/dri/renderD* node: no Intel GPU, or its i915/xe driver is not loaded"
+            )
+            return f"OpenVINO reports no {self.device} device ({hint})"
+        if family == "NPU":
+            hint = (
+                "install the Intel NPU driver (intel-level-zero-npu)"
+                if self._host.exists("/dev/accel/accel0")
+                else "no /dev/accel/accel0: no Intel NPU, or its intel_vpu driver is not loaded"
+            )
+            return f"OpenVINO reports no {self.device} device ({hint})"
+        return f"OpenVINO reports no {self.device} device"
+
+    def _property(self, name: str) -> Any:
+        try:
+            return core().get_property(self.device, name)
+        except (BackendUnavailable, RuntimeError, TypeError):
+            return None
+
+    @cached_property
+    def _capabilities(self) -> Capabilities:
+        family = self.device.partition(".")[0]
+        kind = _KINDS.get(family, "npu")
+        dtypes: set[str] = set()
+        if self._reported:
+            for capability in self._property("OPTIMIZATION_CAPABILITIES") or ():
+                dtypes.update(_CAPABILITY_DTYPES.get(str(capability), ()))
+        dtypes = dtypes or {"float32"}
+        if family == "CPU":
+            cpu = catalog.cpu_part(self._host, str(self._property("FULL_DEVICE_NAME") or self._host.cpu_model()))
+            peak = {d: rate for d, rate in cpu.peak_macs_per_s.items() if d in dtypes}
+            return cpu.capabilities(self.name, FORMATS, dtypes=frozenset(dtypes), peak_ops_per_s=peak)
+        # No catalog figure for Intel GPUs and NPUs yet: calibration measures them.
+        return Capabilities(
+            name=self.name,
+            kind=kind,
+            formats=FORMATS,
+            dtypes=frozenset(dtypes),
+            part=str(self._property("FULL_DEVICE_NAME") or "") if self._reported else "",
+        )
+
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    def load(self, model: Path, options: BackendOptions | None = None) -> OpenVinoSession:
+        check_model_file(model)
+        if model.suffix.lower() not in FORMATS:
+            raise ModelLoadError(f"{model}: OpenVINO loads .onnx and .xml (IR) files here")
+        probe = self.probe()
+        if not probe.available:
+            raise BackendUnavailable(f"{self.name} is not available: {probe.reason}")
+        opts = options or BackendOptions()
+        settings: dict[str, Any] = {"PERFORMANCE_HINT": self._config.performance_hint}
+        if self.device == "CPU":
+            settings["INFERENCE_NUM_THREADS"] = opts.threads
+        if self._config.cache_dir is not None:
+            settings["CACHE_DIR"] = str(self._config.cache_dir)
+        try:
+            graph = core().read_model(str(model))
+        except (RuntimeError, ValueError) as exc:
+            raise ModelLoadError(f"{model}: OpenVINO cannot read it: {_last_line(exc)}") from exc
+        try:
+            compiled = core().compile_model(graph, self.device, settings)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise ModelLoadError(f"{model}: OpenVINO cannot compile it for {self.device}: {_last_line(exc)}") from exc
+        return OpenVinoSession(compiled, model, self.device)
+
+
+def _spec(port: Any, index: int, prefix: str) -> TensorSpec:
+    try:
+        name = str(port.get_any_name())
+    except RuntimeError:  # a port without a tensor name
+        name = f"{prefix}{index}"
+    shape = tuple(int(d.get_length()) if d.is_static else None for d in port.get_partial_shape())
+    return TensorSpec(name=name, shape=shape, dtype=np.dtype(port.get_element_type().to_dtype()).name)
+
+
+class OpenVinoSession:
+    def __init__(self, compiled: Any, model: Path, device: str) -> None:
+        self._compiled = compiled
+        self._request = compiled.create_infer_request()
+        self._model = model
+        self._device = device
+        self._inputs = tuple(_spec(p, i, "input") for i, p in enumerate(compiled.inputs))
+        self._outputs = tuple(_spec(p, i, "output") for i, p in enumerate(compiled.outputs))
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self._outputs
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_inputs(self._inputs, inputs)
+        try:
+            # Keyed by port index: a port need not have a name. infer() copies the outputs out of the
+            # request's buffers (share_outputs=False), so they survive the next run.
+            result = self._request.infer({i: inputs[spec.name] for i, spec in enumerate(self._inputs)})
+            values = result.to_tuple()
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise InferenceError(f"{self._model.name}: OpenVINO ({self._device}) failed: {_last_line(exc)}") from exc
+        return {spec.name: np.asarray(value) for spec, value in zip(self._outputs, values, strict=True)}
+
+    def close(self) -> None:
+        self._request = None
+        self._compiled = None
