@@ -41,6 +41,7 @@ class Calibration:
     dispatch_overhead_s: float
     rates: dict[str, FamilyRate]
     skipped: dict[str, str]  # family -> why it was not measured
+    threads: int = 1  # CPU threads each session was given
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -52,6 +53,7 @@ class Calibration:
             "dispatch_overhead_s": self.dispatch_overhead_s,
             "rates": {family: dataclasses.asdict(rate) for family, rate in self.rates.items()},
             "skipped": dict(self.skipped),
+            "threads": self.threads,
         }
 
     @classmethod
@@ -69,6 +71,7 @@ class Calibration:
             dispatch_overhead_s=float(data["dispatch_overhead_s"]),  # type: ignore[arg-type]
             rates={Family(f).value: FamilyRate(**r) for f, r in rates.items()},
             skipped={str(k): str(v) for k, v in skipped.items()},
+            threads=int(data.get("threads", 1)),  # type: ignore[call-overload]
         )
 
     def apply(self, caps: Capabilities) -> Capabilities:
@@ -154,6 +157,8 @@ def calibrate(
     probe = backend.probe()
     if not probe.available:
         raise AcceleratorError(f"{backend.name} is not available: {probe.reason}")
+    if backend.capabilities().kind == "none":
+        raise AcceleratorError(f"{backend.name} runs nothing (a test backend): there is nothing to measure")
     builder = _builder(backend.capabilities().formats)
     if builder is None:
         formats = ", ".join(sorted(backend.capabilities().formats))
@@ -191,6 +196,7 @@ def calibrate(
         dispatch_overhead_s=overhead,
         rates=rates,
         skipped=skipped,
+        threads=(options or BackendOptions()).threads,
     )
 
 

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from accelerators import catalog
 from accelerators.base import Backend, BackendConfig, BackendOptions, Capabilities, Probe, TensorSpec, check_inputs
 from accelerators.errors import BackendUnavailable, InferenceError, ModelLoadError
 from accelerators.host import Host
@@ -95,7 +96,7 @@ class LiteRtType:
     @classmethod
     def accelerators(cls, host: Host, config: BackendConfig) -> list[Backend]:
         assert isinstance(config, LiteRtConfig)
-        return [LiteRtCpu(config)]
+        return [LiteRtCpu(config, host)]
 
 
 class LiteRtCpu:
@@ -103,8 +104,9 @@ class LiteRtCpu:
 
     name = "litert-cpu"
 
-    def __init__(self, config: LiteRtConfig) -> None:
+    def __init__(self, config: LiteRtConfig, host: Host | None = None) -> None:
         self._config = config
+        self._host = host or Host()
 
     def probe(self) -> Probe:
         if not self._config.enabled:
@@ -116,11 +118,9 @@ class LiteRtCpu:
         return Probe(True, device=f"{package} CPU" + (" (XNNPACK)" if self._config.xnnpack else ""))
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(
-            name=self.name,
-            kind="cpu",
-            formats=frozenset({".tflite"}),
-            dtypes=frozenset({"float32", "float16", "int8", "uint8"}),
+        part = catalog.cpu_part(self._host, self._host.cpu_model())
+        return part.capabilities(
+            self.name, frozenset({".tflite"}), dtypes=frozenset({"float32", "float16", "int8", "uint8"})
         )
 
     def load(self, model: Path, options: BackendOptions | None = None) -> LiteRtSession:

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from accelerators import catalog
 from accelerators.base import Backend, BackendConfig, BackendOptions, Capabilities, Probe, TensorSpec, check_inputs
 from accelerators.errors import BackendUnavailable, InferenceError, ModelLoadError
 from accelerators.host import Host
@@ -148,12 +149,11 @@ class OnnxRuntimeBackend:
         return Probe(True, device=f"onnxruntime {ort.__version__} {self.provider.removesuffix('ExecutionProvider')}")
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(
-            name=self.name,
-            kind=self._kind,
-            formats=frozenset({".onnx"}),
-            dtypes=frozenset({"float32", "float16", "int8", "uint8"}),
-        )
+        formats, dtypes = frozenset({".onnx"}), frozenset({"float32", "float16", "int8", "uint8"})
+        if self._kind == "cpu":  # runs on the host CPU: the catalog's estimate for it
+            part = catalog.cpu_part(self._host, self._host.cpu_model())
+            return part.capabilities(self.name, formats, dtypes=dtypes)
+        return Capabilities(name=self.name, kind=self._kind, formats=formats, dtypes=dtypes)
 
     def load(self, model: Path, options: BackendOptions | None = None) -> OnnxRuntimeSession:
         ort = _import_ort()

@@ -105,6 +105,9 @@ def _build_parser() -> argparse.ArgumentParser:
         help="with --calibrate: only this one (repeatable)",
     )
     doctor.add_argument(
+        "--threads", type=int, default=1, metavar="N", help="with --calibrate: CPU threads per session (default: 1)"
+    )
+    doctor.add_argument(
         "--budget", type=float, default=0.25, metavar="SECONDS", help="timing budget per layer (default: %(default)s)"
     )
 
@@ -202,6 +205,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     _setup_logging("warning")
     if args.budget <= 0:
         raise AgentError("--budget must be positive")
+    if not 1 <= args.threads <= 64:
+        raise AgentError("--threads must be between 1 and 64")
     if args.accelerator and not args.calibrate:
         raise AgentError("--accelerator is used with --calibrate")
     config, _ = _load(args.config)
@@ -213,7 +218,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         log.warning("calibration cache not read: %s", exc)
         cache_dir = None
     try:
-        entries = examine(config.backend_configs, cache_dir, args.calibrate, args.accelerator, budget_s=args.budget)
+        entries = examine(
+            config.backend_configs,
+            cache_dir,
+            args.calibrate,
+            args.accelerator,
+            budget_s=args.budget,
+            threads=args.threads,
+        )
     except AcceleratorError as exc:
         raise AgentError(str(exc)) from exc
     if args.json:

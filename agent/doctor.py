@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from accelerators.base import MAC_FAMILIES, Backend, BackendConfig, Capabilities, Family, Probe
+from accelerators.base import MAC_FAMILIES, Backend, BackendConfig, BackendOptions, Capabilities, Family, Probe
 from accelerators.calibration import Calibration, calibrate, load_cached, save
 from accelerators.errors import AcceleratorError
 from accelerators.host import Host
@@ -45,6 +45,7 @@ def examine(
     only: Sequence[str] = (),
     host: Host | None = None,
     budget_s: float = 0.25,
+    threads: int = 1,
 ) -> list[Entry]:
     """Probe every accelerator; with ``measure``, calibrate the available ones (or ``only`` those) and cache."""
     host = host or Host()
@@ -58,10 +59,11 @@ def examine(
         caps = backend.capabilities()
         calibration = load_cached(backend, host, cache_dir) if cache_dir and probe.available else None
         error = ""
-        if measure and probe.available and (not only or name in only):
+        wanted = name in only if only else caps.kind != "none"  # the null test backend only when named
+        if measure and probe.available and wanted:
             try:
                 log.info("calibrating %s", name)
-                calibration = calibrate(backend, host, budget_s=budget_s)
+                calibration = calibrate(backend, host, budget_s=budget_s, options=BackendOptions(threads=threads))
                 if cache_dir is not None:
                     save(calibration, backend, host, cache_dir)
             except AcceleratorError as exc:
@@ -125,11 +127,12 @@ def format_text(entries: Sequence[Entry], cache_dir: Path | None, host: Host | N
             lines.append(f"    not calibrated: {entry.calibration_error}")
         cal = entry.calibration
         if cal is None:
-            if not entry.calibration_error:
+            if not entry.calibration_error and caps.kind != "none":
                 lines.append("    not calibrated yet (edge-agent doctor --calibrate)")
             continue
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(cal.measured_at))
-        lines.append(f"    measured {when}, dispatch overhead {cal.dispatch_overhead_s * 1e3:.3f} ms:")
+        threads = f"{cal.threads} thread" + ("s" if cal.threads > 1 else "")
+        lines.append(f"    measured {when} with {threads}, dispatch overhead {cal.dispatch_overhead_s * 1e3:.3f} ms:")
         for family in Family:
             rate = cal.rates.get(family.value)
             if rate is None:
