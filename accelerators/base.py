@@ -199,6 +199,7 @@ class BackendType(Protocol):
     """What ``@register`` takes: a class that lists the accelerators of one backend type on a host."""
 
     type: ClassVar[str]
+    formats: ClassVar[frozenset[str]]  # model file suffixes its accelerators load
     Config: ClassVar[builtins.type[BackendConfig]]  # "type" is also this protocol's attribute name
 
     @classmethod

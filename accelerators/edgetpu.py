@@ -91,6 +91,7 @@ class EdgeTpuConfig(BackendConfig):
 @register
 class EdgeTpuType:
     type = "edgetpu"
+    formats = frozenset({".tflite"})  # files its accelerators load
     Config = EdgeTpuConfig
 
     @classmethod

@@ -91,6 +91,7 @@ class LiteRtConfig(BackendConfig):
 @register
 class LiteRtType:
     type = "litert"
+    formats = frozenset({".tflite"})  # files its accelerators load
     Config = LiteRtConfig
 
     @classmethod

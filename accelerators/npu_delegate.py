@@ -108,6 +108,7 @@ class NpuDelegateConfig(BackendConfig):
 @register
 class NpuDelegateType:
     type = "npu-delegate"
+    formats = frozenset({".tflite"})  # files its accelerators load
     Config = NpuDelegateConfig
 
     @classmethod

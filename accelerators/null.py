@@ -45,6 +45,7 @@ class NullConfig(BackendConfig):
 @register
 class NullType:
     type = "null"
+    formats = FORMATS
     Config = NullConfig
 
     @classmethod

@@ -105,6 +105,7 @@ class OnnxRuntimeType:
     """onnxruntime: one accelerator per execution provider the installed build offers."""
 
     type = "onnxruntime"
+    formats = frozenset({".onnx"})  # files its accelerators load
     Config = OnnxRuntimeConfig
 
     @classmethod

@@ -64,6 +64,7 @@ class OpenVinoConfig(BackendConfig):
 @register
 class OpenVinoType:
     type = "openvino"
+    formats = FORMATS
     Config = OpenVinoConfig
 
     @classmethod

@@ -30,7 +30,7 @@ _MODULES = (
     "accelerators.null",
 )
 _TYPES: dict[str, BackendType] = {}
-_CACHE: dict[tuple[Host, tuple[BackendConfig, ...]], dict[str, Backend]] = {}
+_CACHE: dict[tuple[Host, tuple[BackendConfig, ...]], dict[str, list[Backend]]] = {}  # type -> accelerators
 
 T = TypeVar("T", bound=type)
 
@@ -40,8 +40,8 @@ def register(cls: T) -> T:
     kind = getattr(cls, "type", None)
     if not isinstance(kind, str) or not kind:
         raise TypeError(f"{cls.__qualname__} needs a non-empty class attribute 'type'")
-    if not hasattr(cls, "Config") or not hasattr(cls, "accelerators"):
-        raise TypeError(f"{cls.__qualname__} needs a 'Config' model and an 'accelerators' classmethod")
+    if not all(hasattr(cls, attr) for attr in ("Config", "formats", "accelerators")):
+        raise TypeError(f"{cls.__qualname__} needs 'Config', 'formats' and an 'accelerators' classmethod")
     backend_type = cast(BackendType, cls)  # checked above: a class with type, Config and accelerators
     if _TYPES.get(kind, backend_type) is not backend_type:
         raise ValueError(f"backend type {kind!r} registered twice")
@@ -63,26 +63,32 @@ def config_models() -> list[type[BackendConfig]]:
     return [t.Config for t in backend_types().values()]
 
 
-def discover(host: Host | None = None, configs: Iterable[BackendConfig] = ()) -> dict[str, Backend]:
-    """One instance per accelerator, by name; ``configs`` set up backend types (defaults otherwise)."""
+def discover(
+    host: Host | None = None, configs: Iterable[BackendConfig] = (), suffix: str | None = None
+) -> dict[str, Backend]:
+    """One instance per accelerator, by name; ``configs`` set up backend types (defaults otherwise).
+
+    With ``suffix`` (e.g. ".tflite") only backend types that load such files are asked: listing
+    accelerators can mean loading an SDK (onnxruntime, OpenVINO's Core: tens of MB resident), which a
+    daemon running one .tflite model should not pay for. Each type is asked once per host and configs.
+    """
     host = host or Host()
     configs = tuple(configs)
-    key = (host, configs)
-    if key in _CACHE:
-        return dict(_CACHE[key])
+    listed = _CACHE.setdefault((host, configs), {})
     by_type: Mapping[str, BackendConfig] = {c.type: c for c in configs}
     found: dict[str, Backend] = {}
     for kind, backend_type in backend_types().items():
-        config = by_type.get(kind) or backend_type.Config(type=kind)
-        try:
-            accelerators = backend_type.accelerators(host, config)
-        except Exception as exc:  # one broken backend type must not hide the others
-            log.warning("backend type %s failed to list its accelerators: %s", kind, exc)
+        if suffix is not None and suffix not in backend_type.formats:
             continue
-        for backend in accelerators:
-            found[backend.name] = backend
-    _CACHE[key] = found
-    return dict(found)
+        if kind not in listed:
+            config = by_type.get(kind) or backend_type.Config(type=kind)
+            try:
+                listed[kind] = list(backend_type.accelerators(host, config))
+            except Exception as exc:  # one broken backend type must not hide the others
+                log.warning("backend type %s failed to list its accelerators: %s", kind, exc)
+                listed[kind] = []
+        found.update((backend.name, backend) for backend in listed[kind])
+    return found
 
 
 def probe_all(host: Host | None = None, configs: Iterable[BackendConfig] = ()) -> dict[str, Probe]:
@@ -93,12 +99,14 @@ def select(
     model: Path, preferred: str = "auto", host: Host | None = None, configs: Iterable[BackendConfig] = ()
 ) -> Backend:
     """The backend to run ``model`` on: the one named, or the first available that loads its format."""
-    backends = discover(host, configs)
     suffix = model.suffix.lower()
+    backends = discover(host, configs, suffix)
     if preferred != "auto":
         backend = backends.get(preferred)
+        if backend is None and preferred in (everything := discover(host, configs)):
+            raise BackendUnavailable(f"backend {preferred!r} cannot load {suffix or 'extension-less'} files")
         if backend is None:
-            known = ", ".join(sorted(backends))
+            known = ", ".join(sorted(everything))
             raise BackendUnavailable(f"unknown backend {preferred!r}; known backends: {known}")
         probe = backend.probe()
         if not probe.available:
@@ -119,7 +127,7 @@ def select(
         reasons.append(f"{name}: {probe.reason}")
     if reasons:
         raise BackendUnavailable(f"no available backend runs {suffix} models ({'; '.join(reasons)})")
-    formats = sorted({f for b in backends.values() for f in b.capabilities().formats})
+    formats = sorted({f for t in backend_types().values() for f in t.formats})
     raise BackendUnavailable(f"no backend loads {suffix or 'extension-less'} files; supported: {', '.join(formats)}")
 
 

@@ -76,6 +76,7 @@ class RknnConfig(BackendConfig):
 @register
 class RknnType:
     type = "rknn"
+    formats = frozenset({".rknn"})  # files its accelerators load
     Config = RknnConfig
 
     @classmethod

@@ -26,7 +26,7 @@ import psutil
 from paho.mqtt.enums import CallbackAPIVersion
 
 from accelerators.base import BackendOptions
-from accelerators.litert import LiteRtCpu
+from accelerators.litert import LiteRtConfig, LiteRtCpu
 from agent.config import DEMO_CONFIG_FILE, load_config
 from agent.mqtt.localbroker import Mosquitto, free_port
 from agent.sources.preprocess import Preprocessor
@@ -40,7 +40,7 @@ WAIT_S = 60.0  # generous limit for anything the benchmark waits on
 def write_inputs(folder: Path) -> list[np.ndarray]:
     """The demo photos pre-processed as the demo config does, saved as float32 .npy tensors."""
     pipeline = load_config(DEMO_CONFIG_FILE).pipelines[0]
-    session = LiteRtCpu().load(pipeline.model.path, BackendOptions(threads=pipeline.model.threads))
+    session = LiteRtCpu(LiteRtConfig()).load(pipeline.model.path, BackendOptions(threads=pipeline.model.threads))
     pre = Preprocessor(pipeline.preprocess, session.inputs[0])
     session.close()
     folder.mkdir(parents=True)

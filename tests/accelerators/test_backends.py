@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +96,17 @@ def test_litert_falls_back_to_tflite_runtime(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", None)
     probe = backend.probe()
     assert not probe.available and "pip install ai-edge-litert" in probe.reason
+
+
+def test_running_a_tflite_model_does_not_load_other_sdks() -> None:
+    """Listing accelerators can load an SDK (tens of MB resident): select() asks only the types that load .tflite."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from accelerators.registry import select\n"
+        f"model = Path({str(FACE_MODEL)!r})\n"
+        "select(model).load(model)\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'onnxruntime', 'openvino', 'onnx'}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert proc.stdout.strip() == "[]", proc.stdout
