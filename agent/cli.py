@@ -183,12 +183,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.host, args.port, args.count, args.timeout, args.json, args.broker)
 
 
+def _check_models(config: Config, source: Path) -> None:
+    """Model files are plausible, self-contained files of their format (the daemon checks again on load)."""
+    from accelerators.errors import AcceleratorError
+    from accelerators.modelfile import check_model_file
+
+    for p in config.pipelines:
+        try:
+            check_model_file(p.model.path)
+        except AcceleratorError as exc:
+            raise AgentError(f"{source}: pipelines.{p.name}.model.path: {exc}") from exc
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     if args.config_command == "schema":
         print(json.dumps(json_schema(), indent=2))
         return 0
     if args.config_command == "check":
         config = load_config(args.file)
+        _check_models(config, args.file)
         names = ", ".join(p.name for p in config.pipelines)
         print(f"{args.file}: valid ({len(config.pipelines)} pipeline(s): {names})")
         return 0

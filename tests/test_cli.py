@@ -164,3 +164,10 @@ def test_demo_uses_a_reachable_broker(mosquitto: Any) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"using the MQTT broker at 127.0.0.1:{mosquitto.port}" in proc.stdout
     assert "seq=1 astronaut.jpg" in proc.stdout
+
+
+def test_config_check_refuses_a_model_file_that_is_not_a_model(tmp_path: Path) -> None:
+    fake = tmp_path / "fake.tflite"
+    fake.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    path = write(tmp_path, PIPELINE.replace(str(ASSETS / "face_detection_short_range.tflite"), str(fake)))
+    assert_one_line_error(cli("config", "check", str(path)), "pipelines.", "fake.tflite")
