@@ -20,8 +20,9 @@ class Segment:
     accelerator: str
     start: int  # index of its first layer
     stop: int  # one past its last layer
-    predicted_ms: float  # compute + dispatch overhead of the segment on its accelerator
+    predicted_ms: float  # compute + dispatch overhead (+ parameters streamed past on-chip memory)
     transfer_ms: float = 0.0  # moving its inputs onto its accelerator from where they were produced
+    return_ms: float = 0.0  # the last segment: moving the model's outputs back to the host
     inputs: tuple[str, ...] = ()  # activation tensors it reads that are produced before it (or model inputs)
     outputs: tuple[str, ...] = ()  # activation tensors it produces that later segments or the caller read
 
@@ -37,7 +38,7 @@ class Plan:
     fingerprint: str  # hardware (and runtimes) the plan was made for
     objective: Objective
     segments: tuple[Segment, ...]
-    predicted_ms: float  # latency: sum of segments and transfers; throughput: the slowest stage
+    predicted_ms: float  # latency: sum of segments and transfers; throughput: the busiest accelerator's stages
     single: dict[str, float | None] = field(
         default_factory=dict
     )  # accelerator -> predicted whole-model ms, None: cannot run it
@@ -71,6 +72,7 @@ class Plan:
                 stop=int(s["stop"]),
                 predicted_ms=float(s["predicted_ms"]),
                 transfer_ms=float(s.get("transfer_ms", 0.0)),
+                return_ms=float(s.get("return_ms", 0.0)),
                 inputs=tuple(s.get("inputs", ())),
                 outputs=tuple(s.get("outputs", ())),
             )
