@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from agent import __version__
 from agent.config import DEMO_CONFIG_FILE, Config, default_config_file, json_schema, load_config
@@ -129,7 +129,45 @@ def _build_parser() -> argparse.ArgumentParser:
     profile.add_argument(
         "--default-dim", type=int, default=1, metavar="N", help="value for other dynamic dimensions (default: 1)"
     )
+
+    plan = sub.add_parser(
+        "plan",
+        help="place each part of a model on the accelerator that runs it fastest, and say why",
+        description="Profile MODEL, estimate each layer's cost on every available accelerator (calibrated figures "
+        "where 'doctor --calibrate' measured them, else catalog estimates), and find the cheapest placement over "
+        "contiguous segments, never worse than the best single accelerator. Plans are cached per model and hardware.",
+    )
+    _placement_args(plan)
+    plan.add_argument("--picture", type=Path, metavar="FILE.svg", help="also draw the plan as an SVG picture")
+    plan.add_argument("--no-cache", action="store_true", help="plan again even if a cached plan fits")
+
+    bench = sub.add_parser(
+        "bench",
+        help="measure the planned placement against every single-accelerator placement",
+        description="Plan MODEL, then measure in one run (interleaved rounds) the plan and each accelerator that "
+        "can run the whole model on its own: median and spread, predicted next to measured, per segment too.",
+    )
+    _placement_args(bench)
+    bench.add_argument("--runs", type=int, default=50, metavar="N", help="timed runs per placement (default: 50)")
     return parser
+
+
+def _placement_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", type=Path, metavar="MODEL")
+    _config_arg(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument(
+        "--objective",
+        choices=["latency", "throughput"],
+        default="latency",
+        help="latency: one frame as fast as possible; throughput: pipelined stages, frames in flight at once",
+    )
+    parser.add_argument(
+        "--accelerator", action="append", default=[], metavar="NAME", help="consider only these (repeatable)"
+    )
+    parser.add_argument(
+        "--input", action="append", default=[], metavar="NAME=D1,D2,...", help="pin a dynamic input's shape"
+    )
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -263,12 +301,58 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace, use_cache: bool) -> tuple[Any, Any, Any, Path]:
+    from agent.models.profile import parse_input_shape
+    from agent.placement import plan_for
+    from agent.state import resolve_state_dir
+
+    _setup_logging("warning")
+    config, _ = _load(args.config)
+    state_dir = resolve_state_dir(config.agent.state_dir)
+    shapes = dict(parse_input_shape(text) for text in args.input)
+    plan, profile, found = plan_for(
+        args.model, args.objective, config.backend_configs, state_dir, shapes, args.accelerator, use_cache=use_cache
+    )
+    return plan, profile, found, state_dir
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from agent.placement import planned_layer_ms
+    from agent.planner.picture import render_svg
+    from agent.planner.report import format_plan
+
+    plan, profile, found, _ = _plan(args, use_cache=not args.no_cache)
+    if args.picture:
+        svg = render_svg(plan, profile, planned_layer_ms(plan, profile, found.capabilities))
+        try:
+            args.picture.write_text(svg)
+        except OSError as exc:
+            raise AgentError(f"cannot write the picture to {args.picture}: {exc.strerror or exc}") from exc
+    print(plan.dumps() if args.json else format_plan(plan, profile))
+    if args.picture and not args.json:
+        print(f"picture: {args.picture}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from agent.bench import bench, format_bench
+
+    if args.runs < 5:
+        raise AgentError("--runs must be at least 5")
+    plan, profile, found, state_dir = _plan(args, use_cache=True)
+    result = bench(args.model, plan, profile, found, state_dir / "segments", runs=args.runs)
+    print(json.dumps(result, indent=2) if args.json else format_bench(result))
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
     "demo": cmd_demo,
     "config": cmd_config,
     "doctor": cmd_doctor,
     "profile": cmd_profile,
+    "plan": cmd_plan,
+    "bench": cmd_bench,
 }
 
 

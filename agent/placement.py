@@ -24,6 +24,8 @@ from agent.planner.cache import PlanCache, plan_fingerprint
 from agent.planner.cost import layer_ms
 from agent.planner.plan import Objective, Plan
 from agent.planner.search import make_plan
+from agent.runtime.executor import PlanExecutor
+from agent.runtime.split import split_onnx
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +106,63 @@ def plan_for(
         if cached is not None:
             log.info("plan for %s from the cache (%s)", model.name, cache.path(profile.digest, fingerprint, objective))
             return replace(cached, model_path=str(model)), profile, found
-    plan = make_plan(profile, found.capabilities, objective, fingerprint, found.excluded)
+    if objective == "throughput":
+        plan = _throughput(profile, found, fingerprint)
+    else:
+        plan = make_plan(profile, found.capabilities, objective, fingerprint, found.excluded)
+    if profile.format != "onnx" and len(plan.segments) > 1:
+        plan = _whole(plan, profile, found, objective, fingerprint)
     plan = replace(plan, created_at=time.time())
     if cache and not only and not without:
         cache.put(plan)
     return plan, profile, found
+
+
+def _throughput(profile: ModelProfile, found: Candidates, fingerprint: str) -> Plan:
+    """Pipelined stages only overlap on different hardware: runtimes on the host CPU share its cores.
+
+    So at most one CPU runtime takes part in a throughput plan; each choice is planned and the best kept.
+    """
+    cpus: list[str | None] = [n for n, c in found.capabilities.items() if c.kind == "cpu"]
+    others = {n: c for n, c in found.capabilities.items() if c.kind != "cpu"}
+    best: Plan | None = None
+    for cpu in cpus or [None]:  # no CPU runtime at all: one plan over the devices
+        caps = dict(others)
+        excluded = dict(found.excluded)
+        if cpu is not None:
+            caps[cpu] = found.capabilities[cpu]
+            for other in cpus:
+                if other is not None and other != cpu:
+                    excluded[other] = f"shares the CPU cores with {cpu}: stages on both would not run in parallel"
+        plan = make_plan(profile, caps, "throughput", fingerprint, excluded)
+        if best is None or plan.predicted_ms < best.predicted_ms:
+            best = plan
+    assert best is not None
+    if len(cpus) > 1:  # report every CPU runtime's whole-model figure, not only the chosen one's
+        latency = make_plan(profile, found.capabilities, "latency", fingerprint, found.excluded)
+        best = replace(best, single={**latency.single, **best.single})
+    return best
+
+
+def _whole(plan: Plan, profile: ModelProfile, found: Candidates, objective: Objective, fingerprint: str) -> Plan:
+    """Only ONNX models are cut into segments: other formats run whole on their best accelerator."""
+    runnable = {name: ms for name, ms in plan.single.items() if ms is not None}
+    best = min(runnable, key=runnable.__getitem__)
+    excluded = {**found.excluded, **{n: "a .tflite model runs whole on one accelerator" for n in runnable if n != best}}
+    whole = make_plan(profile, {best: found.capabilities[best]}, objective, fingerprint, excluded)
+    note = (
+        f"a split across {', '.join(plan.accelerators)} would predict {plan.predicted_ms:.2f} ms, "
+        "but only ONNX models are split"
+    )
+    return replace(whole, single=plan.single, reasons=(*whole.reasons, note))
+
+
+def open_plan(
+    model: Path, plan: Plan, profile: ModelProfile, backends: Mapping[str, Backend], work_dir: Path, threads: int = 1
+) -> PlanExecutor:
+    """Load a plan's segments on their accelerators (ONNX segments are cut into ``work_dir``, cached)."""
+    parts = split_onnx(model, profile, plan.segments, work_dir)
+    return PlanExecutor(plan, parts, backends, threads=threads)
 
 
 def planned_layer_ms(plan: Plan, profile: ModelProfile, capabilities: Mapping[str, Capabilities]) -> list[float]:

@@ -1,0 +1,159 @@
+"""``edge-agent bench``: the planned placement and every single-accelerator placement, measured in one run.
+
+Runners are measured in interleaved rounds (a few runs of each, round after round) so that a busy,
+shared machine slows all of them alike instead of whichever happened to run during a burst.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from accelerators.base import BackendOptions, Session
+from accelerators.errors import AcceleratorError
+from agent.errors import ModelError
+from agent.models.ir import ModelProfile, TensorInfo
+from agent.placement import Candidates, open_plan
+from agent.planner.plan import Plan
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    runs: int
+
+    def to_json(self) -> dict[str, float | int]:
+        return {"median_ms": self.median_ms, "p10_ms": self.p10_ms, "p90_ms": self.p90_ms, "runs": self.runs}
+
+
+def feeds(inputs: Sequence[TensorInfo], seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic inputs of the profile's (pinned) shapes: noise for floats, small values for integers."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for t in inputs:
+        if np.dtype(t.dtype).kind == "f":
+            out[t.name] = rng.standard_normal(t.shape).astype(t.dtype)
+        else:
+            out[t.name] = rng.integers(0, 2, t.shape).astype(t.dtype)
+    return out
+
+
+def measure(runners: Mapping[str, Callable[[], object]], runs: int, rounds: int = 5) -> dict[str, Timing]:
+    """Median and spread per runner, from ``runs`` runs each spread over ``rounds`` interleaved rounds."""
+    for run in runners.values():  # warm-up: first runs allocate and fuse
+        run()
+        run()
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    per_round = max(1, runs // rounds)
+    for _ in range(rounds):
+        for name, run in runners.items():
+            for _ in range(per_round):
+                start = time.perf_counter()
+                run()
+                samples[name].append((time.perf_counter() - start) * 1e3)
+    result = {}
+    for name, values in samples.items():
+        deciles = statistics.quantiles(values, n=10) if len(values) > 1 else [values[0]] * 9
+        result[name] = Timing(statistics.median(values), deciles[0], deciles[-1], len(values))
+    return result
+
+
+def bench(
+    model: Path,
+    plan: Plan,
+    profile: ModelProfile,
+    found: Candidates,
+    work_dir: Path,
+    runs: int = 50,
+    threads: int = 1,
+) -> dict[str, object]:
+    """Measure the plan and each accelerator that can run the whole model; predicted next to measured."""
+    inputs = feeds(profile.inputs)
+    sessions: dict[str, Session] = {}
+    executor = open_plan(model, plan, profile, found.backends, work_dir, threads)
+    try:
+        runners: dict[str, Callable[[], object]] = {"plan": lambda: executor.run(inputs)}
+        skipped: dict[str, str] = {}
+        for name, predicted in plan.single.items():
+            if predicted is None or name not in found.backends:
+                skipped[name] = "cannot run the whole model"
+                continue
+            try:
+                session = found.backends[name].load(model, BackendOptions(threads=threads))
+                session.run(inputs)
+            except AcceleratorError as exc:
+                skipped[name] = str(exc)
+                continue
+            sessions[name] = session
+            runners[name] = lambda s=session: s.run(inputs)  # type: ignore[misc]
+        timings = measure(runners, runs)
+        segments = [
+            {
+                "accelerator": st.accelerator,
+                "start": st.start,
+                "stop": st.stop,
+                "predicted_ms": st.predicted_ms,
+                "measured_ms": st.median_ms,
+            }
+            for st in executor.stats()
+        ]
+    except AcceleratorError as exc:
+        raise ModelError(f"{model}: {exc}") from exc
+    finally:
+        executor.close()
+        for session in sessions.values():
+            session.close()
+    single = {name: timings[name].median_ms for name in sessions}
+    return {
+        "model": str(model),
+        "objective": plan.objective,
+        "accelerators": list(plan.accelerators),
+        "plan_ms": timings["plan"].median_ms,
+        "plan_timing": timings["plan"].to_json(),
+        "predicted_ms": plan.predicted_ms,
+        "single": single,
+        "single_timing": {name: timings[name].to_json() for name in sessions},
+        "single_predicted": {name: plan.single[name] for name in sessions},
+        "skipped": skipped,
+        "segments": segments,
+        "plan": plan.to_json(),
+    }
+
+
+def format_bench(result: Mapping[str, object]) -> str:
+    lines = [f"{result['model']} ({result['objective']}), planned on {', '.join(result['accelerators'])}:"]  # type: ignore[arg-type]
+    plan_t = result["plan_timing"]
+    single_t = result["single_timing"]
+    single_p = result["single_predicted"]
+    assert isinstance(plan_t, dict) and isinstance(single_t, dict) and isinstance(single_p, dict)
+    lines.append(f"{'placement':<24}{'predicted':>11}{'measured':>11}{'p10':>9}{'p90':>9}")
+    lines.append(
+        f"{'plan':<24}{result['predicted_ms']:>9.2f}ms{plan_t['median_ms']:>9.2f}ms"
+        f"{plan_t['p10_ms']:>7.2f}ms{plan_t['p90_ms']:>7.2f}ms"
+    )
+    for name, t in single_t.items():
+        lines.append(
+            f"{name:<24}{single_p[name]:>9.2f}ms{t['median_ms']:>9.2f}ms{t['p10_ms']:>7.2f}ms{t['p90_ms']:>7.2f}ms"
+        )
+    skipped = result["skipped"]
+    assert isinstance(skipped, dict)
+    lines += [f"{name:<24}not measured: {why}" for name, why in skipped.items()]
+    best = min(single_t.values(), key=lambda t: t["median_ms"], default=None)
+    if best:
+        lines.append(f"plan / best single accelerator (measured): {plan_t['median_ms'] / best['median_ms']:.2f}")
+    segments = result["segments"]
+    assert isinstance(segments, list)
+    if len(segments) > 1:
+        lines.append("segments (predicted -> measured median):")
+        for seg in segments:
+            measured = "-" if seg["measured_ms"] is None else f"{seg['measured_ms']:.2f} ms"
+            where = f"layers {seg['start']}-{seg['stop'] - 1} on {seg['accelerator']}"
+            lines.append(f"  {where}: {seg['predicted_ms']:.2f} ms -> {measured}")
+    return "\n".join(lines)
