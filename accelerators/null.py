@@ -67,8 +67,16 @@ class NullBackend:
         return Probe(True, device="no device: every output is zeros")
 
     def capabilities(self) -> Capabilities:
+        # It does no work, so a planner that is told to consider it sees the fastest part there is;
+        # failover tests rely on that (the plan lands here, then fail_after makes it fail).
+        dtypes = frozenset({"float32", "int8", "uint8"})
         return Capabilities(
-            name=self.name, kind="none", formats=FORMATS, dtypes=frozenset({"float32", "int8", "uint8"})
+            name=self.name,
+            kind="none",
+            formats=FORMATS,
+            dtypes=dtypes,
+            peak_ops_per_s=dict.fromkeys(dtypes, 1e15),
+            memory_bandwidth_bytes_per_s=1e15,
         )
 
     def load(self, model: Path, options: BackendOptions | None = None) -> NullSession:

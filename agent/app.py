@@ -40,7 +40,9 @@ class Agent:
         state_dir = resolve_state_dir(self.config.agent.state_dir)
         # loading models is blocking work; errors here are the user's to fix (exit 2 via the CLI)
         backends = self.config.backend_configs
-        models = await asyncio.gather(*(asyncio.to_thread(LoadedModel, p, backends) for p in self.config.pipelines))
+        models = await asyncio.gather(
+            *(asyncio.to_thread(LoadedModel, p, backends, state_dir) for p in self.config.pipelines)
+        )
         self.pipelines = [
             Pipeline(p, m, self.topics, SeqAllocator(state_dir, p.name))
             for p, m in zip(self.config.pipelines, models, strict=True)
@@ -52,7 +54,7 @@ class Agent:
                 "pipeline %s: %s on %s -> %s",
                 p.name,
                 p.model.cfg.model.path.name,
-                p.model.backend.name,
+                ", ".join(p.model.session.accelerators),
                 p.topic,
             )
         log.info(

@@ -167,7 +167,28 @@ class ModelConfig(Section):
     path: Path = Field(description="Model file: .onnx (onnxruntime) or .tflite (LiteRT).")
     name: str | None = Field(None, pattern=NAME_PATTERN, description="Name in results; default the file stem.")
     version: str = Field("1", min_length=1, description="Version reported in results.")
-    backend: str = Field("auto", description="Backend name (see 'edge-agent doctor') or 'auto'.")
+    backend: str = Field(
+        "auto",
+        description="An accelerator name (see 'edge-agent doctor') to run the whole model there, or 'auto': plan "
+        "the model across the available accelerators by measured cost, and fail over when one fails.",
+    )
+    accelerators: list[str] = Field(
+        default_factory=list, description="With backend = 'auto': only these accelerators; empty: every available one."
+    )
+    objective: Literal["latency", "throughput"] = Field(
+        "latency", description="What the plan minimises: one frame's latency, or the slowest pipeline stage."
+    )
+    input_shapes: dict[str, list[Annotated[int, Field(ge=1)]]] = Field(
+        default_factory=dict,
+        description="Shapes for inputs with dynamic dimensions, by input name, e.g. {images = [1, 3, 320, 320]}; "
+        "other dynamic dimensions are 1.",
+    )
+    replan_drift: float = Field(
+        0.5,
+        ge=0,
+        description="Plan again when a segment's live median latency leaves predicted x (1 +/- this) over a "
+        "window of runs; 0 disables.",
+    )
     threads: int = Field(1, ge=1, le=64, description="CPU threads for one inference.")
 
 

@@ -14,17 +14,18 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from accelerators.base import BackendConfig, BackendOptions, Session
+from accelerators.base import BackendConfig
 from accelerators.errors import AcceleratorError, InferenceError
-from accelerators.registry import select
 from agent.config import PipelineConfig
 from agent.errors import AgentError, ModelError, SourceError
 from agent.mqtt.link import MqttLink
 from agent.mqtt.topics import Topics
+from agent.runtime.placed import PlacedModel
 from agent.runtime.queues import Closed, StageQueue
 from agent.runtime.threads import run_in_thread
 from agent.sources.base import Frame
@@ -70,17 +71,20 @@ class Inferred:
     outputs: dict[str, np.ndarray]
     box: Letterbox
     inference_ms: float
+    accelerators: tuple[str, ...] = ()  # where this frame ran (a failover changes it between frames)
+    failed: dict[str, str] | None = None  # accelerators that had failed by then, when degraded
 
 
 class LoadedModel:
     """A model opened on its backend, with the pre/post-processing built for its tensors."""
 
-    def __init__(self, cfg: PipelineConfig, backends: tuple[BackendConfig, ...] = ()) -> None:
+    def __init__(
+        self, cfg: PipelineConfig, backends: tuple[BackendConfig, ...] = (), state_dir: Path | None = None
+    ) -> None:
         self.cfg = cfg
         try:
-            self.backend = select(cfg.model.path, cfg.model.backend, configs=backends)
-            self.session: Session = self.backend.load(cfg.model.path, BackendOptions(threads=cfg.model.threads))
-        except AcceleratorError as exc:
+            self.session = PlacedModel(cfg.model, backends, state_dir)
+        except AgentError as exc:
             raise ModelError(f"pipeline {cfg.name!r}: {exc}") from exc
         if len(self.session.inputs) != 1:
             names = ", ".join(s.name for s in self.session.inputs)
@@ -94,7 +98,9 @@ class LoadedModel:
         tensor, box = self.pre(frame)  # (1, H, W, C) or (1, C, H, W)
         t0 = time.perf_counter()
         outputs = self.session.run({self.input.name: tensor})
-        return Inferred(frame, outputs, box, (time.perf_counter() - t0) * 1000)
+        ms = (time.perf_counter() - t0) * 1000
+        failed = dict(self.session.failed) if self.session.degraded else None
+        return Inferred(frame, outputs, box, ms, self.session.accelerators, failed)
 
 
 def _iso(ts: float) -> str:
@@ -270,12 +276,15 @@ class Pipeline:
             "pipeline": self.name,
             "model": self.model.name,
             "version": self.cfg.model.version,
-            "accelerators": [self.model.backend.name],
+            "accelerators": list(result.accelerators),
             "latency_ms": round((done - frame.ts) * 1000, 3),
             "inference_ms": round(result.inference_ms, 3),
             "source": source,
             **output,
         }
+        if result.failed:  # an accelerator failed: still serving, on what remains
+            body["degraded"] = True
+            body["failed"] = result.failed
         return json.dumps(body, separators=(",", ":")).encode()
 
 

@@ -53,8 +53,8 @@ def candidates(
     excluded: dict[str, str] = {}
     for name, backend in discover(host, configs, suffix).items():
         capabilities = backend.capabilities()
-        if capabilities.kind == "none":
-            continue  # the null test backend is never planned onto unless named
+        if capabilities.kind == "none" and name not in only:
+            continue  # the null test backend is planned onto only when named
         if only and name not in only:
             excluded[name] = "not among the accelerators asked for"
             continue

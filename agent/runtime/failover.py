@@ -103,6 +103,16 @@ class FailoverExecutor:
                         ) from exc
                     self._executor = replacement
 
+    def replace(self, plan: Plan, segment_models: Sequence[SegmentModel]) -> None:
+        """Swap in a new plan between two frames (a re-plan on drift); the old sessions are closed."""
+        replacement = self._build(plan, segment_models)
+        if _names(replacement) != self._names:
+            replacement.close()
+            raise ModelError(f"{plan.model_path}: the new plan's model has other inputs or outputs")
+        with self._lock:
+            old, self._executor = self._executor, replacement
+        old.close()
+
     def close(self) -> None:
         with self._lock:
             self._executor.close()

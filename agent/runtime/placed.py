@@ -1,0 +1,168 @@
+"""A pipeline's model on this device's accelerators: planned, failing over, re-planned on drift.
+
+``backend = "auto"`` with more than one candidate accelerator: the model is planned across them
+(``agent.placement``) and run by a ``FailoverExecutor``, so an accelerator that fails while running
+is planned around and the frame re-run; the model keeps serving, ``degraded``. With a named backend,
+or a single candidate, the model is loaded directly on it: there is nothing to place or fail over to.
+
+Live drift: the executor keeps per-segment timings. When a segment's median runs outside
+``[predicted / (1 + drift), predicted * (1 + drift)]`` over a full window, the model is planned again
+from live evidence (per-layer measurement where the backends support it) and the new plan replaces
+the old one between two frames.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from accelerators.base import BackendConfig, BackendOptions, Session, TensorSpec
+from accelerators.errors import AcceleratorError
+from accelerators.registry import select
+from agent.config import ModelConfig
+from agent.errors import ModelError
+from agent.placement import candidates, plan_for
+from agent.planner.plan import Plan
+from agent.runtime.executor import TIMING_WINDOW
+from agent.runtime.failover import FailoverExecutor
+from agent.runtime.split import SegmentModel, split_onnx
+
+log = logging.getLogger(__name__)
+
+
+class PlacedModel:
+    """Stands in for a Session; ``accelerators``, ``degraded`` and ``failed`` describe where it runs."""
+
+    def __init__(self, cfg: ModelConfig, backends: Sequence[BackendConfig], state_dir: Path | None) -> None:
+        self.cfg = cfg
+        self._configs = tuple(backends)
+        self._state_dir = state_dir
+        self.plan: Plan | None = None
+        self._executor: FailoverExecutor | None = None
+        self._direct: Session | None = None
+        self._runs_since_plan = 0
+        self.replans = 0
+        try:
+            self._open()
+        except AcceleratorError as exc:
+            raise ModelError(f"{cfg.path}: {exc}") from exc
+
+    def _open(self) -> None:
+        cfg = self.cfg
+        found = None
+        if cfg.backend == "auto":
+            found = candidates(cfg.path.suffix.lower(), self._configs, only=cfg.accelerators)
+        if found is None or len(found.backends) <= 1:
+            backend = select(
+                cfg.path, cfg.backend if found is None else next(iter(found.backends), "auto"), configs=self._configs
+            )
+            self._direct = backend.load(cfg.path, BackendOptions(threads=cfg.threads))
+            self._direct_name = backend.name
+            return
+        plan, parts = self._plan(set(), use_cache=True)
+        self.plan = plan
+        self._executor = FailoverExecutor(plan, parts, found.backends, self._replan, threads=cfg.threads)
+        log.info(
+            "%s placed on %s: %d segment(s), %.2f ms predicted",
+            cfg.path.name,
+            ", ".join(plan.accelerators),
+            len(plan.segments),
+            plan.predicted_ms,
+        )
+
+    def _plan(self, failed: set[str], use_cache: bool) -> tuple[Plan, list[SegmentModel]]:
+        cfg = self.cfg
+        shapes = {name: tuple(dims) for name, dims in cfg.input_shapes.items()}
+        plan, profile, _ = plan_for(
+            cfg.path,
+            cfg.objective,
+            self._configs,
+            self._state_dir,
+            shapes,
+            only=cfg.accelerators,
+            without=failed,
+            use_cache=use_cache,
+        )
+        work = (self._state_dir / "segments") if self._state_dir else cfg.path.parent / ".edge-agent-segments"
+        return plan, split_onnx(cfg.path, profile, plan.segments, work)
+
+    def _replan(self, failed: set[str]) -> tuple[Plan, Sequence[SegmentModel]]:
+        plan, parts = self._plan(failed, use_cache=False)
+        self.plan = plan
+        self.replans += 1
+        return plan, parts
+
+    # -- the Session face ---------------------------------------------------------------------------
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self._session().inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self._session().outputs
+
+    def _session(self) -> Session:
+        session = self._direct or self._executor
+        assert session is not None
+        return session
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self._session().run(inputs)
+        if self._executor is not None:
+            self._runs_since_plan += 1
+            if self._runs_since_plan >= TIMING_WINDOW and self.cfg.replan_drift > 0:
+                self._check_drift()
+        return outputs
+
+    def close(self) -> None:
+        self._session().close()
+
+    # -- what and where -----------------------------------------------------------------------------
+    @property
+    def accelerators(self) -> tuple[str, ...]:
+        if self._executor is not None:
+            return self._executor.accelerators
+        return (self._direct_name,)
+
+    @property
+    def degraded(self) -> bool:
+        return self._executor is not None and self._executor.degraded
+
+    @property
+    def failed(self) -> dict[str, str]:
+        return self._executor.failed if self._executor is not None else {}
+
+    def drifted(self) -> list[str]:
+        """Segments whose live median left the prediction's band, described for the log."""
+        assert self._executor is not None
+        bound = 1 + self.cfg.replan_drift
+        out = []
+        for st in self._executor.stats():
+            if st.median_ms is None or st.runs < TIMING_WINDOW or st.predicted_ms <= 0:
+                continue
+            ratio = st.median_ms / st.predicted_ms
+            if ratio > bound or ratio < 1 / bound:
+                out.append(f"layers {st.start}-{st.stop - 1} on {st.accelerator}: {st.median_ms:.2f} ms measured, "
+                           f"{st.predicted_ms:.2f} ms predicted")  # fmt: skip
+        return out
+
+    def _check_drift(self) -> None:
+        drifted = self.drifted()
+        if not drifted:
+            return
+        log.warning(
+            "%s: live latency drifted from the plan (%s); planning again", self.cfg.path.name, "; ".join(drifted)
+        )
+        assert self._executor is not None
+        self._runs_since_plan = 0
+        try:
+            plan, parts = self._plan(set(self._executor.failed), use_cache=False)
+        except (ModelError, AcceleratorError) as exc:
+            log.error("re-planning %s failed, keeping the current plan: %s", self.cfg.path.name, exc)
+            return
+        self._executor.replace(plan, parts)
+        self.plan = plan
+        self.replans += 1
