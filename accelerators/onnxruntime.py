@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
+import json
+import statistics
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -13,6 +17,7 @@ from accelerators import catalog
 from accelerators.base import Backend, BackendConfig, BackendOptions, Capabilities, Probe, TensorSpec, check_inputs
 from accelerators.errors import BackendUnavailable, InferenceError, ModelLoadError
 from accelerators.host import Host
+from accelerators.layer_timing import WARMUP_RUNS, LayerTimes, median_per_node, timed_run
 from accelerators.modelfile import check_model_file
 from accelerators.registry import register
 
@@ -157,6 +162,29 @@ class OnnxRuntimeBackend:
         return Capabilities(name=self.name, kind=self._kind, formats=formats, dtypes=dtypes)
 
     def load(self, model: Path, options: BackendOptions | None = None) -> OnnxRuntimeSession:
+        return OnnxRuntimeSession(self._session(model, options), model)
+
+    def profile_layers(
+        self, model: Path, inputs: Mapping[str, np.ndarray], runs: int = 15, options: BackendOptions | None = None
+    ) -> LayerTimes:
+        """Per-node times from onnxruntime's profiler, on a session set up like ``load``'s."""
+        with tempfile.TemporaryDirectory(prefix="edge-agent-ort-profile-") as tmp:
+            session = self._session(model, options, profile_prefix=str(Path(tmp) / "ort"))
+            wrapped = OnnxRuntimeSession(session, model)
+            try:
+                for _ in range(WARMUP_RUNS):
+                    wrapped.run(inputs)
+                walls = [timed_run(wrapped, inputs) for _ in range(max(runs, 1))]
+            finally:  # the trace is written here, inside the temporary folder, failure or not
+                trace_file = Path(session.end_profiling())
+            try:
+                trace = json.loads(trace_file.read_text())
+            except (OSError, ValueError) as exc:
+                raise InferenceError(f"{model.name}: onnxruntime wrote no readable profile: {exc}") from exc
+        node_ms, node_ops = _node_times(trace, skip=WARMUP_RUNS)
+        return LayerTimes(node_ms=node_ms, wall_ms=statistics.median(walls), runs=len(walls), node_ops=node_ops)
+
+    def _session(self, model: Path, options: BackendOptions | None, profile_prefix: str = "") -> Any:
         ort = _import_ort()
         check_model_file(model)
         opts = options or BackendOptions()
@@ -169,11 +197,46 @@ class OnnxRuntimeBackend:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         so.log_severity_level = 3
+        if profile_prefix:
+            so.enable_profiling = True
+            so.profile_file_prefix = profile_prefix
         providers = (
             [self.provider] if self.provider == "CPUExecutionProvider" else [self.provider, "CPUExecutionProvider"]
         )
         try:
-            session = ort.InferenceSession(str(model), sess_options=so, providers=providers)
+            return ort.InferenceSession(str(model), sess_options=so, providers=providers)
         except Exception as exc:
             raise ModelLoadError(f"{model}: onnxruntime cannot load it: {_first_line(exc)}") from exc
-        return OnnxRuntimeSession(session, model)
+
+
+# The NCHWc layout transformer renames the nodes it rewrites "<name>_nchwc"; the model's name is the rest.
+_RENAMES = ("_nchwc",)
+_KERNEL = "_kernel_time"
+
+
+def _node_times(trace: list[dict[str, Any]], skip: int) -> tuple[dict[str, float], dict[str, str]]:
+    """Median ms per node over the runs after the first ``skip``, from a Chrome-trace profile.
+
+    Node events carry no run number, so each is placed in the ``model_run`` window containing it.
+    """
+    windows = sorted(
+        (e["ts"], e["ts"] + e["dur"]) for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run"
+    )
+    starts = [start for start, _ in windows]
+    per_run: list[dict[str, float]] = [{} for _ in windows]
+    ops: dict[str, str] = {}
+    for event in trace:
+        name = str(event.get("name", ""))
+        if event.get("cat") != "Node" or not name.endswith(_KERNEL):
+            continue
+        args = event.get("args") or {}
+        node = str(args.get("node_name") or name.removesuffix(_KERNEL))
+        for suffix in _RENAMES:
+            node = node.removesuffix(suffix)
+        run = bisect.bisect_right(starts, event["ts"]) - 1
+        if run < 0 or event["ts"] > windows[run][1]:
+            continue  # outside every run (cannot happen in a well-formed trace)
+        per_run[run][node] = per_run[run].get(node, 0.0) + float(event["dur"]) / 1e3  # µs -> ms
+        if "op_name" in args:
+            ops[node] = str(args["op_name"])
+    return median_per_node(per_run[skip:]), ops

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import threading
 from collections.abc import Mapping
 from functools import cached_property
@@ -15,6 +16,7 @@ from accelerators import catalog
 from accelerators.base import Backend, BackendConfig, BackendOptions, Capabilities, Probe, TensorSpec, check_inputs
 from accelerators.errors import BackendUnavailable, InferenceError, ModelLoadError
 from accelerators.host import Host
+from accelerators.layer_timing import WARMUP_RUNS, LayerTimes, median_per_node, timed_run
 from accelerators.modelfile import check_model_file
 from accelerators.registry import register
 
@@ -160,6 +162,40 @@ class OpenVinoDevice:
         return self._capabilities
 
     def load(self, model: Path, options: BackendOptions | None = None) -> OpenVinoSession:
+        return OpenVinoSession(self._compile(model, options), model, self.device)
+
+    def profile_layers(
+        self, model: Path, inputs: Mapping[str, np.ndarray], runs: int = 15, options: BackendOptions | None = None
+    ) -> LayerTimes:
+        """Per-node times from OpenVINO's performance counters, on a model compiled like ``load``'s.
+
+        The counters describe the last inference, so they are read after every run. Nodes the plugin
+        fused into another report NOT_RUN and 0; the runtime model's ``originalLayersNames`` says which
+        model nodes each executed node ran.
+        """
+        compiled = self._compile(model, options, {_openvino().properties.enable_profiling(): True})
+        session = OpenVinoSession(compiled, model, self.device)
+        try:
+            for _ in range(WARMUP_RUNS):
+                session.run(inputs)
+            walls: list[float] = []
+            per_run: list[dict[str, float]] = []
+            ops: dict[str, str] = {}
+            for _ in range(max(runs, 1)):
+                walls.append(timed_run(session, inputs))
+                per_run.append(session.node_times(ops))
+            fused = _fused_groups(compiled)
+        finally:
+            session.close()
+        return LayerTimes(
+            node_ms=median_per_node(per_run),
+            wall_ms=statistics.median(walls),
+            runs=len(walls),
+            node_ops=ops,
+            fused=fused,
+        )
+
+    def _compile(self, model: Path, options: BackendOptions | None, extra: Mapping[str, Any] | None = None) -> Any:
         check_model_file(model)
         if model.suffix.lower() not in FORMATS:
             raise ModelLoadError(f"{model}: OpenVINO loads .onnx and .xml (IR) files here")
@@ -167,7 +203,7 @@ class OpenVinoDevice:
         if not probe.available:
             raise BackendUnavailable(f"{self.name} is not available: {probe.reason}")
         opts = options or BackendOptions()
-        settings: dict[str, Any] = {"PERFORMANCE_HINT": self._config.performance_hint}
+        settings: dict[str, Any] = {"PERFORMANCE_HINT": self._config.performance_hint, **(extra or {})}
         if self.device == "CPU":
             settings["INFERENCE_NUM_THREADS"] = opts.threads
         if self._config.cache_dir is not None:
@@ -177,10 +213,26 @@ class OpenVinoDevice:
         except (RuntimeError, ValueError) as exc:
             raise ModelLoadError(f"{model}: OpenVINO cannot read it: {_last_line(exc)}") from exc
         try:
-            compiled = core().compile_model(graph, self.device, settings)
+            return core().compile_model(graph, self.device, settings)
         except (RuntimeError, ValueError, TypeError) as exc:
             raise ModelLoadError(f"{model}: OpenVINO cannot compile it for {self.device}: {_last_line(exc)}") from exc
-        return OpenVinoSession(compiled, model, self.device)
+
+
+def _fused_groups(compiled: Any) -> dict[str, tuple[str, ...]]:
+    """Executed node -> the model's nodes it ran (several where the plugin fused them), where reported."""
+    groups: dict[str, tuple[str, ...]] = {}
+    try:
+        ops = compiled.get_runtime_model().get_ordered_ops()
+    except (RuntimeError, AttributeError):  # a plugin without an execution graph: names alone then
+        return groups
+    for op in ops:
+        info = op.get_rt_info()
+        if "originalLayersNames" not in info:
+            continue
+        names = tuple(n for n in str(info["originalLayersNames"].astype(str)).split(",") if n)
+        if names:
+            groups[str(op.get_friendly_name())] = names
+    return groups
 
 
 def _spec(port: Any, index: int, prefix: str) -> TensorSpec:
@@ -219,6 +271,21 @@ class OpenVinoSession:
         except (RuntimeError, ValueError, TypeError) as exc:
             raise InferenceError(f"{self._model.name}: OpenVINO ({self._device}) failed: {_last_line(exc)}") from exc
         return {spec.name: np.asarray(value) for spec, value in zip(self._outputs, values, strict=True)}
+
+    def node_times(self, ops: dict[str, str]) -> dict[str, float]:
+        """The last run's ms per executed node (compiled with profiling on); records each node's op in ``ops``."""
+        times: dict[str, float] = {}
+        try:
+            counters = self._request.profiling_info
+        except RuntimeError as exc:
+            raise InferenceError(f"{self._model.name}: OpenVINO ({self._device}) has no performance counters: "
+                                 f"{_last_line(exc)}") from exc  # fmt: skip
+        for info in counters:
+            name = str(info.node_name)
+            # A node appears once per port or stage on some plugins: its entries add up.
+            times[name] = times.get(name, 0.0) + info.real_time.total_seconds() * 1e3
+            ops.setdefault(name, str(info.node_type))
+        return times
 
     def close(self) -> None:
         self._request = None

@@ -168,6 +168,11 @@ def _placement_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--input", action="append", default=[], metavar="NAME=D1,D2,...", help="pin a dynamic input's shape"
     )
+    parser.add_argument(
+        "--measure",
+        action="store_true",
+        help="time the model layer by layer on each accelerator first (seconds; cached) and place by those times",
+    )
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -311,19 +316,29 @@ def _plan(args: argparse.Namespace, use_cache: bool) -> tuple[Any, Any, Any, Pat
     state_dir = resolve_state_dir(config.agent.state_dir)
     shapes = dict(parse_input_shape(text) for text in args.input)
     plan, profile, found = plan_for(
-        args.model, args.objective, config.backend_configs, state_dir, shapes, args.accelerator, use_cache=use_cache
+        args.model,
+        args.objective,
+        config.backend_configs,
+        state_dir,
+        shapes,
+        args.accelerator,
+        use_cache=use_cache,
+        measure=args.measure,
     )
     return plan, profile, found, state_dir
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from agent.placement import planned_layer_ms
+    from agent.placement import layer_measurements, planned_layer_ms
+    from agent.planner.measured import planning_ms
     from agent.planner.picture import render_svg
     from agent.planner.report import format_plan
 
-    plan, profile, found, _ = _plan(args, use_cache=not args.no_cache)
+    plan, profile, found, state_dir = _plan(args, use_cache=not args.no_cache)
     if args.picture:
-        svg = render_svg(plan, profile, planned_layer_ms(plan, profile, found.capabilities))
+        timed = layer_measurements(args.model, profile, found, state_dir)  # cached figures, if measured
+        measured = planning_ms(timed, profile, found.capabilities) if timed else None
+        svg = render_svg(plan, profile, planned_layer_ms(plan, profile, found.capabilities, measured))
         try:
             args.picture.write_text(svg)
         except OSError as exc:

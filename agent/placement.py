@@ -2,7 +2,8 @@
 
 The planner itself (``agent.planner``) is pure; this module gathers what it needs from the device:
 which accelerators load the model's format and are available (and why the others are not), their
-Capabilities with cached calibration applied, and the plan cache in the state directory.
+Capabilities with cached calibration applied, the model's layers timed on them where asked (or cached),
+and the plan cache in the state directory.
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ from agent.errors import ModelError
 from agent.models.ir import ModelProfile
 from agent.models.profile import profile_model
 from agent.planner.cache import PlanCache, plan_fingerprint
-from agent.planner.cost import layer_ms
+from agent.planner.cost import CostTable, layer_ms
+from agent.planner.measured import LayerMeasurement, measure_layers, measured_fingerprint, planning_ms
 from agent.planner.plan import Objective, Plan
-from agent.planner.search import make_plan
+from agent.planner.search import MEASURED, make_plan
 from agent.runtime.executor import PlanExecutor
 from agent.runtime.split import split_onnx
 
 log = logging.getLogger(__name__)
+
+Measured = Mapping[str, Sequence[float | None]] | None  # accelerator -> ms per layer, for CostTable
 
 
 @dataclass(frozen=True)
@@ -84,8 +88,16 @@ def plan_for(
     without: Iterable[str] = (),
     use_cache: bool = True,
     host: Host | None = None,
+    measure: bool = False,
+    threads: int = 1,
+    refresh: bool = False,
 ) -> tuple[Plan, ModelProfile, Candidates]:
-    """The plan for ``model`` here (from the cache when the model, hardware and calibration are unchanged)."""
+    """The plan for ``model`` here (from the cache when the model, hardware and calibration are unchanged).
+
+    ``measure``: time the model layer by layer on each candidate accelerator first (a few seconds each,
+    cached in ``<state_dir>/layer_times``) and place by those times. Cached timings of this model are
+    used even without ``measure``; ``threads`` is what each session is given while timing.
+    """
     host = host or Host()
     profile = profile_model(model, input_shapes)
     found = candidates(
@@ -99,7 +111,11 @@ def plan_for(
     if not found.capabilities:
         reasons = "; ".join(f"{n}: {r}" for n, r in found.excluded.items()) or "none is registered"
         raise ModelError(f"{model}: no available accelerator runs {model.suffix} models ({reasons})")
+    measurements = layer_measurements(model, profile, found, state_dir, host, measure or refresh, threads, refresh)
+    measured = planning_ms(measurements, profile, found.capabilities) or None
     fingerprint = plan_fingerprint(host, found.capabilities)
+    if measured:
+        fingerprint = measured_fingerprint(fingerprint, measured)
     cache = PlanCache(state_dir / "plans") if state_dir else None
     if cache and use_cache and not only and not without:
         cached = cache.get(profile.digest, fingerprint, objective)
@@ -107,18 +123,58 @@ def plan_for(
             log.info("plan for %s from the cache (%s)", model.name, cache.path(profile.digest, fingerprint, objective))
             return replace(cached, model_path=str(model)), profile, found
     if objective == "throughput":
-        plan = _throughput(profile, found, fingerprint)
+        plan = _throughput(profile, found, fingerprint, measured)
     else:
-        plan = make_plan(profile, found.capabilities, objective, fingerprint, found.excluded)
+        plan = make_plan(profile, found.capabilities, objective, fingerprint, found.excluded, measured=measured)
     if profile.format != "onnx" and len(plan.segments) > 1:
-        plan = _whole(plan, profile, found, objective, fingerprint)
+        plan = _whole(plan, profile, found, objective, fingerprint, measured)
+    whole = [name for name, m in measurements.items() if not m.per_layer and name in found.capabilities]
+    if whole:
+        plan = replace(plan, reasons=_timed_whole(plan.reasons, whole))
     plan = replace(plan, created_at=time.time())
     if cache and not only and not without:
         cache.put(plan)
     return plan, profile, found
 
 
-def _throughput(profile: ModelProfile, found: Candidates, fingerprint: str) -> Plan:
+def _timed_whole(reasons: Sequence[str], names: Sequence[str]) -> tuple[str, ...]:
+    """The planner saw per-layer figures for ``names`` too; say that they were timed whole instead."""
+    out = [reason for reason in reasons if not reason.startswith(MEASURED)]
+    for reason in reasons:
+        layered = [n for n in reason.removeprefix(MEASURED).split(", ") if n not in names]
+        if reason.startswith(MEASURED) and layered:
+            out.insert(reasons.index(reason), MEASURED + ", ".join(layered))
+    note = "as a whole model only (its runtime reports no layers): its estimates are scaled to that time"
+    return (*out, f"{', '.join(names)} timed {note}")
+
+
+def layer_measurements(
+    model: Path,
+    profile: ModelProfile,
+    found: Candidates,
+    state_dir: Path | None,
+    host: Host | None = None,
+    measure: bool = False,
+    threads: int = 1,
+    refresh: bool = False,
+) -> dict[str, LayerMeasurement]:
+    """The model timed layer by layer on each candidate: cached in ``<state_dir>/layer_times``, measured
+    now where ``measure`` and not cached. For per-layer costs pass the result through ``planning_ms``."""
+    if not measure and state_dir is None:
+        return {}
+    return measure_layers(
+        model,
+        profile,
+        found.backends,
+        cache_dir=state_dir / "layer_times" if state_dir else None,
+        host=host,
+        threads=threads,
+        measure=measure,
+        refresh=refresh,
+    )
+
+
+def _throughput(profile: ModelProfile, found: Candidates, fingerprint: str, measured: Measured) -> Plan:
     """Pipelined stages only overlap on different hardware: runtimes on the host CPU share its cores.
 
     So at most one CPU runtime takes part in a throughput plan; each choice is planned and the best kept.
@@ -134,22 +190,24 @@ def _throughput(profile: ModelProfile, found: Candidates, fingerprint: str) -> P
             for other in cpus:
                 if other is not None and other != cpu:
                     excluded[other] = f"shares the CPU cores with {cpu}: stages on both would not run in parallel"
-        plan = make_plan(profile, caps, "throughput", fingerprint, excluded)
+        plan = make_plan(profile, caps, "throughput", fingerprint, excluded, measured=measured)
         if best is None or plan.predicted_ms < best.predicted_ms:
             best = plan
     assert best is not None
     if len(cpus) > 1:  # report every CPU runtime's whole-model figure, not only the chosen one's
-        latency = make_plan(profile, found.capabilities, "latency", fingerprint, found.excluded)
+        latency = make_plan(profile, found.capabilities, "latency", fingerprint, found.excluded, measured=measured)
         best = replace(best, single={**latency.single, **best.single})
     return best
 
 
-def _whole(plan: Plan, profile: ModelProfile, found: Candidates, objective: Objective, fingerprint: str) -> Plan:
+def _whole(
+    plan: Plan, profile: ModelProfile, found: Candidates, objective: Objective, fingerprint: str, measured: Measured
+) -> Plan:
     """Only ONNX models are cut into segments: other formats run whole on their best accelerator."""
     runnable = {name: ms for name, ms in plan.single.items() if ms is not None}
     best = min(runnable, key=runnable.__getitem__)
     excluded = {**found.excluded, **{n: "a .tflite model runs whole on one accelerator" for n in runnable if n != best}}
-    whole = make_plan(profile, {best: found.capabilities[best]}, objective, fingerprint, excluded)
+    whole = make_plan(profile, {best: found.capabilities[best]}, objective, fingerprint, excluded, measured=measured)
     note = (
         f"a split across {', '.join(plan.accelerators)} would predict {plan.predicted_ms:.2f} ms, "
         "but only ONNX models are split"
@@ -165,7 +223,12 @@ def open_plan(
     return PlanExecutor(plan, parts, backends, threads=threads)
 
 
-def planned_layer_ms(plan: Plan, profile: ModelProfile, capabilities: Mapping[str, Capabilities]) -> list[float]:
-    """Each layer's predicted time on the accelerator the plan gives it (for the picture)."""
+def planned_layer_ms(
+    plan: Plan, profile: ModelProfile, capabilities: Mapping[str, Capabilities], measured: Measured = None
+) -> list[float]:
+    """Each layer's predicted time on the accelerator the plan gives it (for the picture), measured or estimated."""
     owner = {i: seg.accelerator for seg in plan.segments for i in seg.layers}
+    if measured:
+        table = CostTable(profile, {name: capabilities[name] for name in plan.accelerators}, measured)
+        return [float(table.ms[layer.index, table.index(owner[layer.index])]) for layer in profile.layers]
     return [layer_ms(layer, capabilities[owner[layer.index]]) for layer in profile.layers]

@@ -4,7 +4,8 @@ Times are milliseconds. A layer's time is a roofline, ``max(MACs / MAC rate, byt
 plus a small per-layer launch cost. The rates come from calibration where it measured the layer's
 family on this accelerator, from measured families scaled onto the others where it measured some,
 and from catalog peaks times a per-family efficiency otherwise. Every figure named ``*_ESTIMATE``
-or listed in ``EFFICIENCY`` is our estimate, not a measurement.
+or listed in ``EFFICIENCY`` is our estimate, not a measurement. Where the model's own layers were
+timed on this device (``agent.planner.measured``), ``CostTable`` uses those times instead.
 
 A segment (contiguous layers on one accelerator, run as one call) adds its dispatch overhead, and on
 parts with on-chip memory, the parameters that do not fit there, streamed over the link on every call.
@@ -20,6 +21,7 @@ import numpy as np
 from accelerators.base import MAC_FAMILIES, Capabilities, Family, FamilyRate
 from accelerators.calibration_layers import SPECS
 from agent.models.ir import Layer, ModelProfile
+from agent.planner.blend import blend_measured
 
 # (fraction of peak MAC/s, fraction of memory bandwidth) a family reaches at batch 1: estimates from
 # published runtime benchmarks of mobile CNNs. Depthwise convolutions reuse each weight only across
@@ -205,7 +207,13 @@ class CostTable:
     boundary cost one vector operation.
     """
 
-    def __init__(self, profile: ModelProfile, capabilities: Mapping[str, Capabilities]) -> None:
+    def __init__(
+        self,
+        profile: ModelProfile,
+        capabilities: Mapping[str, Capabilities],
+        measured: Mapping[str, Sequence[float | None]] | None = None,
+    ) -> None:
+        """``measured``: accelerator -> ms per layer timed on it (None: not timed), used over the estimates."""
         self.profile = profile
         self.names = tuple(capabilities)
         self.caps = tuple(capabilities.values())
@@ -220,6 +228,11 @@ class CostTable:
                 if why is not None:
                     self._why[i, a] = why
                 self.ms[i, a] = math.inf if why is not None else model.layer_s(layer) * 1e3
+        # accelerators whose costs come (at least partly) from per-layer measurements on this device
+        self.measured = tuple(n for n in self.names if any(ms is not None for ms in (measured or {}).get(n, ())))
+        for name in self.measured:
+            a = self.names.index(name)
+            self.ms[:, a] = blend_measured(self.ms[:, a], (measured or {})[name])
         self.prefix = np.vstack([np.zeros(self.size), np.cumsum(np.where(np.isinf(self.ms), 0.0, self.ms), axis=0)])
         self.param_prefix = np.concatenate([[0.0], np.cumsum([float(layer.param_bytes) for layer in layers])])
         # lo[k, a]: the first start from which every layer up to boundary k runs on a (k when none does)

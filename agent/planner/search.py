@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from accelerators.base import MAC_FAMILIES, Capabilities
 from agent.errors import ModelError
@@ -42,6 +42,7 @@ __all__ = ["exhaustive", "make_plan", "objective_ms", "plan_latency", "plan_thro
 SPLIT_PENALTY_MS = 0.05
 MIN_GAIN = 0.03
 MIN_GAIN_MS = 0.05
+MEASURED = "costs measured layer by layer on "  # the reason's opening, then the accelerators' names
 
 
 def plan_latency(table: CostTable, split_penalty_ms: float = 0.0) -> list[Segment]:
@@ -109,10 +110,13 @@ def make_plan(
     split_penalty_ms: float = SPLIT_PENALTY_MS,
     min_gain: float = MIN_GAIN,
     min_gain_ms: float = MIN_GAIN_MS,
+    measured: Mapping[str, Sequence[float | None]] | None = None,
 ) -> Plan:
     """Place ``profile``'s layers on the accelerators. Raises ModelError when no placement exists.
 
     ``excluded`` names accelerators the caller already ruled out (and why); they are reported, not used.
+    ``measured``: accelerator -> each layer's ms as timed on this device (None: not timed), used instead
+    of the cost model's estimates (see ``agent.planner.measured``).
     """
     if not profile.layers:
         raise ModelError(f"{profile.path}: the model has no layers to place")
@@ -123,14 +127,14 @@ def make_plan(
         if suffix not in caps.formats:
             out[name] = f"it loads {', '.join(sorted(caps.formats)) or 'no'} models, not {suffix}"
             del usable[name]
-    table = CostTable(profile, usable)
+    table = CostTable(profile, usable, measured)
     for a, name in enumerate(table.names):
         why = _useless(table, a)
         if why is not None:
             out[name] = why
             del usable[name]
     if len(usable) < table.size:
-        table = CostTable(profile, usable)
+        table = CostTable(profile, usable, measured)
     _check_coverage(table, out)
     single = {name: None for name in capabilities} | {name: _single_ms(table, a) for a, name in enumerate(table.names)}
     if objective == "latency":
@@ -155,6 +159,8 @@ def make_plan(
             predicted = objective_ms(segments, objective)
         assert predicted <= best_ms * (1 + 1e-9), (predicted, best_ms)
     reasons[:0] = explain(table, spans, segments, objective)
+    if table.measured:
+        reasons.append(MEASURED + ", ".join(table.measured))
     if not exact:
         reasons.append(
             f"on a model this size the pipeline search is a heuristic (candidate cuts, bounded Pareto sets): "

@@ -32,6 +32,9 @@ from agent.runtime.split import SegmentModel, split_onnx
 
 log = logging.getLogger(__name__)
 
+MIN_DRIFT_MS = 0.2  # below this a segment's deviation is timer and scheduler jitter
+MAX_DRIFT_WINDOW = 64 * TIMING_WINDOW
+
 
 class PlacedModel:
     """Stands in for a Session; ``accelerators``, ``degraded`` and ``failed`` describe where it runs."""
@@ -44,6 +47,7 @@ class PlacedModel:
         self._executor: FailoverExecutor | None = None
         self._direct: Session | None = None
         self._runs_since_plan = 0
+        self._drift_window = TIMING_WINDOW  # doubles after each drift re-plan: a noisy device settles down
         self.replans = 0
         try:
             self._open()
@@ -73,7 +77,7 @@ class PlacedModel:
             plan.predicted_ms,
         )
 
-    def _plan(self, failed: set[str], use_cache: bool) -> tuple[Plan, list[SegmentModel]]:
+    def _plan(self, failed: set[str], use_cache: bool, refresh: bool = False) -> tuple[Plan, list[SegmentModel]]:
         cfg = self.cfg
         shapes = {name: tuple(dims) for name, dims in cfg.input_shapes.items()}
         plan, profile, _ = plan_for(
@@ -85,6 +89,8 @@ class PlacedModel:
             only=cfg.accelerators,
             without=failed,
             use_cache=use_cache,
+            refresh=refresh,
+            threads=cfg.threads,
         )
         work = (self._state_dir / "segments") if self._state_dir else cfg.path.parent / ".edge-agent-segments"
         return plan, split_onnx(cfg.path, profile, plan.segments, work)
@@ -113,7 +119,7 @@ class PlacedModel:
         outputs = self._session().run(inputs)
         if self._executor is not None:
             self._runs_since_plan += 1
-            if self._runs_since_plan >= TIMING_WINDOW and self.cfg.replan_drift > 0:
+            if self._runs_since_plan >= self._drift_window and self.cfg.replan_drift > 0:
                 self._check_drift()
         return outputs
 
@@ -144,6 +150,8 @@ class PlacedModel:
             if st.median_ms is None or st.runs < TIMING_WINDOW or st.predicted_ms <= 0:
                 continue
             ratio = st.median_ms / st.predicted_ms
+            if abs(st.median_ms - st.predicted_ms) < MIN_DRIFT_MS:  # jitter of a tiny segment, not drift
+                continue
             if ratio > bound or ratio < 1 / bound:
                 out.append(f"layers {st.start}-{st.stop - 1} on {st.accelerator}: {st.median_ms:.2f} ms measured, "
                            f"{st.predicted_ms:.2f} ms predicted")  # fmt: skip
@@ -158,8 +166,10 @@ class PlacedModel:
         )
         assert self._executor is not None
         self._runs_since_plan = 0
+        self._drift_window = min(self._drift_window * 2, MAX_DRIFT_WINDOW)
         try:
-            plan, parts = self._plan(set(self._executor.failed), use_cache=False)
+            # new evidence: the model timed layer by layer on each candidate again, planned on those times
+            plan, parts = self._plan(set(self._executor.failed), use_cache=False, refresh=True)
         except (ModelError, AcceleratorError) as exc:
             log.error("re-planning %s failed, keeping the current plan: %s", self.cfg.path.name, exc)
             return

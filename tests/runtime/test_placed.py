@@ -1,0 +1,68 @@
+"""A pipeline's model placed on real accelerators: planned, re-planned on drift, failing over."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from accelerators.null import NullConfig
+from accelerators.registry import discover
+from agent.config import ModelConfig
+from agent.runtime.executor import TIMING_WINDOW
+from agent.runtime.placed import PlacedModel
+from tests.conftest import DIGITS_MODEL, FACE_MODEL
+
+
+def _digit(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random((1, 1, 8, 8), np.float32)  # the MLP's (?, 1, 8, 8) input
+
+
+def _reference(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    session = discover()["onnxruntime-cpu"].load(DIGITS_MODEL)
+    try:
+        return session.run(inputs)
+    finally:
+        session.close()
+
+
+def test_auto_places_across_accelerators_and_a_named_backend_runs_alone(tmp_path: Path) -> None:
+    placed = PlacedModel(ModelConfig(path=DIGITS_MODEL), (), tmp_path)
+    assert placed.plan is not None and set(placed.accelerators) <= {"onnxruntime-cpu", "openvino-cpu"}
+    name = placed.inputs[0].name
+    out = placed.run({name: _digit(0)})
+    ref = _reference({name: _digit(0)})
+    for key, value in ref.items():
+        np.testing.assert_allclose(out[key], value, rtol=1e-4, atol=1e-5)
+    placed.close()
+    named = PlacedModel(ModelConfig(path=DIGITS_MODEL, backend="openvino-cpu"), (), tmp_path)
+    assert named.plan is None and named.accelerators == ("openvino-cpu",)
+    named.close()
+    single = PlacedModel(ModelConfig(path=FACE_MODEL), (), tmp_path)  # one candidate: loaded directly
+    assert single.plan is None and single.accelerators == ("litert-cpu",)
+    single.close()
+
+
+def test_live_drift_beyond_the_bound_re_plans_from_measurements(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The null part is "infinitely fast" to the planner but sleeps 1 ms a run: live latency drifts.
+    configs = (NullConfig(delay_ms=1.0),)
+    cfg = ModelConfig(path=DIGITS_MODEL, accelerators=["null", "onnxruntime-cpu"], replan_drift=0.5)
+    placed = PlacedModel(cfg, configs, tmp_path)
+    assert placed.accelerators == ("null",) and placed.replans == 0
+    name = placed.inputs[0].name
+    with caplog.at_level(logging.WARNING):
+        for i in range(TIMING_WINDOW):
+            placed.run({name: _digit(i)})
+    assert placed.replans == 1
+    assert any("drifted from the plan" in m for m in caplog.messages)
+    assert placed.plan is not None
+    reasons = " ".join(placed.plan.reasons)
+    assert "measured" in reasons  # the new plan rests on the model timed layer by layer / whole
+    assert placed.accelerators == ("onnxruntime-cpu",)  # measured, the sleeping part is the slow one
+    out = placed.run({name: _digit(7)})
+    assert set(out) == {o.name for o in placed.outputs}
+    placed.close()
