@@ -235,11 +235,23 @@ def _fused_groups(compiled: Any) -> dict[str, tuple[str, ...]]:
     return groups
 
 
-def _spec(port: Any, index: int, prefix: str) -> TensorSpec:
+def _declared_names(model: Path) -> frozenset[str]:
+    """The ONNX graph's own input and output names (OpenVINO may give a fused port several names)."""
+    if model.suffix.lower() != ".onnx":
+        return frozenset()
+    import onnx
+
     try:
-        name = str(port.get_any_name())
-    except RuntimeError:  # a port without a tensor name
-        name = f"{prefix}{index}"
+        graph = onnx.load(str(model), load_external_data=False).graph
+    except Exception:  # already checked by check_model_file; any doubt here just means no preference
+        return frozenset()
+    return frozenset(v.name for v in (*graph.input, *graph.output))
+
+
+def _spec(port: Any, index: int, prefix: str, declared: frozenset[str] = frozenset()) -> TensorSpec:
+    names = sorted(str(n) for n in port.get_names())
+    preferred = [n for n in names if n in declared]
+    name = (preferred or names)[0] if names else f"{prefix}{index}"  # a port may have no tensor name
     shape = tuple(int(d.get_length()) if d.is_static else None for d in port.get_partial_shape())
     return TensorSpec(name=name, shape=shape, dtype=np.dtype(port.get_element_type().to_dtype()).name)
 
@@ -250,8 +262,9 @@ class OpenVinoSession:
         self._request = compiled.create_infer_request()
         self._model = model
         self._device = device
-        self._inputs = tuple(_spec(p, i, "input") for i, p in enumerate(compiled.inputs))
-        self._outputs = tuple(_spec(p, i, "output") for i, p in enumerate(compiled.outputs))
+        declared = _declared_names(model)
+        self._inputs = tuple(_spec(p, i, "input", declared) for i, p in enumerate(compiled.inputs))
+        self._outputs = tuple(_spec(p, i, "output", declared) for i, p in enumerate(compiled.outputs))
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:

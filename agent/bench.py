@@ -1,7 +1,8 @@
 """``edge-agent bench``: the planned placement and every single-accelerator placement, measured in one run.
 
-Runners are measured in interleaved rounds (a few runs of each, round after round) so that a busy,
-shared machine slows all of them alike instead of whichever happened to run during a burst.
+Runners are measured in interleaved rounds (a few runs of each, round after round, in a rotating
+order) so that a busy, shared machine slows all of them alike instead of whichever happened to run
+during a burst.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from agent.errors import ModelError
 from agent.models.ir import ModelProfile, TensorInfo
 from agent.placement import Candidates, open_plan
 from agent.planner.plan import Plan
+from agent.runtime.executor import PlanExecutor
+from agent.runtime.pipelined import PipelinedExecutor
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,10 @@ def measure(runners: Mapping[str, Callable[[], object]], runs: int, rounds: int 
         run()
     samples: dict[str, list[float]] = {name: [] for name in runners}
     per_round = max(1, runs // rounds)
-    for _ in range(rounds):
-        for name, run in runners.items():
+    order = list(runners.items())
+    for r in range(rounds):
+        # rotate, so no runner always follows the same neighbour (runtimes leave threads spinning a while)
+        for name, run in order[r % len(order) :] + order[: r % len(order)]:
             for _ in range(per_round):
                 start = time.perf_counter()
                 run()
@@ -94,6 +99,7 @@ def bench(
             sessions[name] = session
             runners[name] = lambda s=session: s.run(inputs)  # type: ignore[misc]
         timings = measure(runners, runs)
+        pipelined = _pipelined_interval(executor, inputs, runs) if plan.objective == "throughput" else None
         segments = [
             {
                 "accelerator": st.accelerator,
@@ -123,8 +129,22 @@ def bench(
         "single_predicted": {name: plan.single[name] for name in sessions},
         "skipped": skipped,
         "segments": segments,
+        "pipelined_interval_ms": pipelined,
         "plan": plan.to_json(),
     }
+
+
+def _pipelined_interval(executor: PlanExecutor, inputs: Mapping[str, np.ndarray], runs: int) -> float | None:
+    """Milliseconds between results with the plan's stages working on different frames at once."""
+    if len(executor.parts) < 2:
+        return None
+    pipeline: PipelinedExecutor[int] = PipelinedExecutor(executor, owns=False)
+    frames = max(runs, 2 * pipeline.capacity)
+    start = time.perf_counter()
+    count = sum(1 for done in pipeline.stream((i, inputs) for i in range(frames)) if done.error is None)
+    elapsed = time.perf_counter() - start
+    pipeline.close()
+    return elapsed * 1e3 / max(count, 1)
 
 
 def format_bench(result: Mapping[str, object]) -> str:
@@ -150,6 +170,9 @@ def format_bench(result: Mapping[str, object]) -> str:
         lines.append(f"plan / best single accelerator (measured): {plan_t['median_ms'] / best['median_ms']:.2f}")
     segments = result["segments"]
     assert isinstance(segments, list)
+    interval = result.get("pipelined_interval_ms")
+    if isinstance(interval, float):
+        lines.append(f"pipelined (stages on different frames at once): one result every {interval:.2f} ms")
     if len(segments) > 1:
         lines.append("segments (predicted -> measured median):")
         for seg in segments:

@@ -5,7 +5,8 @@ For each zoo model (built by scripts/make_zoo.py from pinned wheels): calibrate 
 here once, plan each variant of the model (ONNX, and the TFLite original where there is one) and keep
 the variant whose plan predicts fastest; then measure, in interleaved rounds, the plan, each single
 engine on the whole model (onnxruntime CPU, OpenVINO CPU, LiteRT XNNPACK), and an out-of-the-box
-onnxruntime session (default options: all cores, spinning threads). Reports plan / best single,
+onnxruntime session (default options: all cores, spinning threads). Engines get --threads threads
+each (default: every core, as one model alone on the device would). Reports plan / best single,
 plan / worst single, out-of-the-box / plan, and predicted vs measured per segment.
 
     .venv/bin/python scripts/bench_placement.py [--zoo .cache/zoo] [--only NAME ...] [--runs 40] [--json]
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -36,35 +38,35 @@ from agent.planner.plan import Plan  # noqa: E402
 ENGINES = ("onnxruntime-cpu", "openvino-cpu", "litert-cpu")
 
 
-def _plan(path: Path, state: Path, shapes: dict[str, list[int]]) -> tuple[Plan, Any, Any]:
-    kwargs: dict[str, Any] = {"state_dir": state, "input_shapes": shapes, "only": ENGINES}
-    if "measure" in plan_for.__code__.co_varnames:  # per-layer measurement, where this build has it
-        kwargs["measure"] = True
-    return plan_for(path, "latency", **kwargs)
+def _plan(path: Path, state: Path, shapes: dict[str, list[int]], threads: int) -> tuple[Plan, Any, Any]:
+    # per-layer measurement first: the plan rests on this model's own timings on each engine
+    return plan_for(path, "latency", state_dir=state, input_shapes=shapes, only=ENGINES, measure=True, threads=threads)
 
 
-def bench_entry(entry: dict[str, Any], zoo: Path, state: Path, runs: int) -> dict[str, Any]:
+def bench_entry(entry: dict[str, Any], zoo: Path, state: Path, runs: int, threads: int) -> dict[str, Any]:
     variants = [zoo / entry["onnx"]] + ([zoo / entry["tflite"]] if entry.get("tflite") else [])
-    planned = [(path, *_plan(path, state, entry["inputs"])) for path in variants]
+    planned = [(path, *_plan(path, state, entry["inputs"], threads)) for path in variants]
     path, plan, profile, found = min(planned, key=lambda p: p[1].predicted_ms)
     closers: list[Callable[[], None]] = []
     runners: dict[str, Callable[[], object]] = {}
-    executor = open_plan(path, plan, profile, found.backends, state / "segments")
+    executor = open_plan(path, plan, profile, found.backends, state / "segments", threads)
     closers.append(executor.close)
     plan_inputs = feeds(profile.inputs)
     runners["plan"] = lambda: executor.run(plan_inputs)
     for variant, _, vprofile, vfound in planned:
         inputs = feeds(vprofile.inputs)
         for name, backend in vfound.backends.items():
-            session = backend.load(variant, BackendOptions(threads=1))
+            session = backend.load(variant, BackendOptions(threads=threads))
             closers.append(session.close)
             runners[name] = lambda s=session, i=inputs: s.run(i)
     onnx_path = zoo / entry["onnx"]
     onnx_inputs = feeds(next(p for v, _, p, _ in planned if v == onnx_path).inputs)
-    default = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])  # out of the box
-    runners["onnxruntime-default"] = lambda: default.run(None, onnx_inputs)
     try:
         timings = measure(runners, runs)
+        # Out of the box, onnxruntime's threads keep spinning after each run and would slow whichever
+        # runner came next, so it is measured on its own, after the others.
+        default = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        timings.update(measure({"onnxruntime-default": lambda: default.run(None, onnx_inputs)}, runs))
         segments = [
             {"accelerator": s.accelerator, "layers": f"{s.start}-{s.stop - 1}", "predicted_ms": s.predicted_ms,
              "measured_ms": s.median_ms}
@@ -103,6 +105,9 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", metavar="NAME", help="only these zoo models")
     parser.add_argument("--runs", type=int, default=40, help="timed runs per placement (default: 40)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="CPU threads per session (default: every core)"
+    )
     args = parser.parse_args()
     if not (args.zoo / "zoo.json").exists():
         subprocess.run([sys.executable, str(ROOT / "scripts" / "make_zoo.py"), str(args.zoo)], check=True)
@@ -110,9 +115,9 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="edge-agent-placement-") as tmp:
         state = Path(tmp)
-        examine((), state / "calibration", measure=True, only=ENGINES, budget_s=0.2)  # calibrate once
+        examine((), state / "calibration", measure=True, only=ENGINES, budget_s=0.2, threads=args.threads)
         for entry in entries:
-            rows.append(bench_entry(entry, args.zoo, state, args.runs))
+            rows.append(bench_entry(entry, args.zoo, state, args.runs, args.threads))
             if not args.json:
                 _print_row(rows[-1], first=len(rows) == 1)
     if args.json:

@@ -111,3 +111,12 @@ postprocess = {{ type = "classification", top_k = 2, labels = "{ASSETS / "digits
         assert "null" in r["failed"]
         assert r["label"] == r["source"]["origin"].removeprefix("digit_").removesuffix(".png")  # real results again
     assert any("null failed" in m and "re-planning" in m for m in caplog.messages)
+
+
+def test_bench_runs_a_tflite_model_whole(tmp_path: Path) -> None:
+    env = {"EDGE_AGENT_AGENT__STATE_DIR": str(tmp_path / "state")}
+    proc = cli("bench", str(FACE_MODEL), "--json", "--runs", "5", env=env)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["accelerators"] == ["litert-cpu"] and set(result["single"]) == {"litert-cpu"}
+    assert len(result["segments"]) == 1 and result["segments"][0]["measured_ms"] > 0

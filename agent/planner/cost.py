@@ -250,6 +250,13 @@ class CostTable:
                 self.boundary_bytes[self._producer[name] + 1 : self._last_read[name] + 1] += size
         self.cut_bytes = self.boundary_bytes[1:]  # cut between layers i and i + 1
         self.input_bytes = float(self.boundary_bytes[0])
+        # A boundary crossed by a tensor whose shape the profile could not infer cannot be cut: the
+        # segment model would need a declared shape for it (some runtimes refuse dynamic rank).
+        self.uncuttable = np.zeros(self.n + 1, dtype=bool)
+        for name in sizes:
+            info = profile.tensors.get(name)
+            if name in self._last_read and info is not None and 0 in info.shape:
+                self.uncuttable[self._producer[name] + 1 : self._last_read[name] + 1] = True
 
     def index(self, accelerator: str) -> int:
         return self.names.index(accelerator)
@@ -280,6 +287,8 @@ class CostTable:
 
     def transfer_ms(self, boundary: int, src: int | None, dst: int | None) -> float:
         """Moving what crosses ``boundary`` from accelerator index ``src`` to ``dst`` (None: the host)."""
+        if src is not None and dst is not None and self.uncuttable[boundary]:
+            return math.inf
         return transfer_ms(
             float(self.boundary_bytes[boundary]),
             None if src is None else self.caps[src],

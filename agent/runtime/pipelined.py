@@ -61,10 +61,11 @@ class _Job(Generic[T]):
 class PipelinedExecutor(Generic[T]):
     """Runs a PlanExecutor's segments as a pipeline of threads; owns and closes the executor."""
 
-    def __init__(self, executor: PlanExecutor, depth: int = 2) -> None:
+    def __init__(self, executor: PlanExecutor, depth: int = 2, owns: bool = True) -> None:
         if depth < 1:
             raise ValueError("depth must be at least 1")
         self.executor = executor
+        self._owns = owns  # False: the caller keeps the executor (and closes it) after the pipeline
         stages = len(executor.parts)
         self._inboxes: list[StageQueue[_Job[T]]] = [StageQueue(depth, "block") for _ in range(stages)]
         self._done: StageQueue[Completed[T]] = StageQueue(depth, "block")
@@ -122,7 +123,8 @@ class PipelinedExecutor(Generic[T]):
         if wedged:  # its session is still running: closing it under the runtime could crash the process
             log.error("pipeline stage(s) %s did not stop; their sessions are left open", ", ".join(wedged))
             return
-        self.executor.close()
+        if self._owns:
+            self.executor.close()
 
     def _stage_main(self, index: int) -> None:
         inbox = self._inboxes[index]

@@ -115,7 +115,7 @@ def split_onnx(
 
 def _check_ranges(model_path: Path, profile: ModelProfile, segments: Sequence[Segment]) -> None:
     """Segments must cover the profile's layers in order, each at least one layer, without gaps."""
-    if profile.format != "onnx":
+    if profile.format != "onnx" and len(segments) > 1:
         raise ModelError(f"{model_path}: only ONNX models can be split, this profile is {profile.format}")
     if not segments:
         raise ModelError(f"{model_path}: the plan has no segments; plan the model again")

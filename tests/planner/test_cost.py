@@ -157,3 +157,28 @@ def test_table_matches_the_functions_and_explains_inf() -> None:
     assert table.reason(0, "tpu") is None
     starts = table.segments_ending(2, 1)
     assert list(starts) == pytest.approx([table.segment_ms(0, 2, 1), table.segment_ms(1, 2, 1)])
+
+
+def test_a_boundary_crossed_by_a_tensor_of_unknown_shape_cannot_be_cut() -> None:
+    from accelerators.base import Capabilities, Family
+    from agent.models.ir import Layer, ModelProfile, TensorInfo
+    from agent.planner.cost import CostTable
+
+    def layer(i: int, src: str, dst: str) -> Layer:
+        return Layer(i, f"l{i}", "Conv", Family.CONV, (src,), (dst,), 10**6, 100, 400, 4000, 4000, "float32")
+
+    tensors = {
+        "x": TensorInfo("x", (1, 1000), "float32"),
+        "a": TensorInfo("a", (0, 1000), "float32"),  # shape inference failed for this one
+        "b": TensorInfo("b", (1, 1000), "float32"),
+        "y": TensorInfo("y", (1, 1000), "float32"),
+    }
+    profile = ModelProfile(
+        "m.onnx", "onnx", "d", (tensors["x"],), (tensors["y"],),
+        (layer(0, "x", "a"), layer(1, "a", "b"), layer(2, "b", "y")), tensors,
+    )  # fmt: skip
+    caps = {n: Capabilities(n, "cpu", frozenset({".onnx"}), peak_ops_per_s={"float32": 1e10}) for n in ("p", "q")}
+    table = CostTable(profile, caps)
+    assert math.isinf(table.transfer_ms(1, 0, 1))  # between layers 0 and 1: "a" crosses it
+    assert not math.isinf(table.transfer_ms(2, 0, 1))  # between 1 and 2: only "b", whose shape is known
+    assert not math.isinf(table.transfer_ms(0, None, 0))  # the model input still reaches either part
