@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from accelerators.base import Backend, BackendConfig, Capabilities
 from accelerators.calibration import load_cached
@@ -26,8 +27,9 @@ from agent.planner.cost import CostTable, layer_ms
 from agent.planner.measured import LayerMeasurement, measure_layers, measured_fingerprint, planning_ms
 from agent.planner.plan import Objective, Plan
 from agent.planner.search import MEASURED, make_plan
-from agent.runtime.executor import PlanExecutor
-from agent.runtime.split import split_onnx
+
+if TYPE_CHECKING:
+    from agent.runtime.executor import PlanExecutor
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +221,9 @@ def open_plan(
     model: Path, plan: Plan, profile: ModelProfile, backends: Mapping[str, Backend], work_dir: Path, threads: int = 1
 ) -> PlanExecutor:
     """Load a plan's segments on their accelerators (ONNX segments are cut into ``work_dir``, cached)."""
+    from agent.runtime.executor import PlanExecutor
+    from agent.runtime.split import split_onnx  # imports onnx: only when a plan is opened
+
     parts = split_onnx(model, profile, plan.segments, work_dir)
     return PlanExecutor(plan, parts, backends, threads=threads)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,14 +27,17 @@ from agent.config import ModelConfig
 from agent.errors import ModelError
 from agent.placement import candidates, plan_for
 from agent.planner.plan import Plan
-from agent.runtime.executor import TIMING_WINDOW
-from agent.runtime.failover import FailoverExecutor
-from agent.runtime.split import SegmentModel, split_onnx
+
+if TYPE_CHECKING:  # these import onnx: only a model that is really placed needs them
+    from agent.runtime.failover import FailoverExecutor
+    from agent.runtime.split import SegmentModel
+
+DRIFT_WINDOW = 256  # runs before the first drift check (doubles after each drift re-plan)
 
 log = logging.getLogger(__name__)
 
 MIN_DRIFT_MS = 0.2  # below this a segment's deviation is timer and scheduler jitter
-MAX_DRIFT_WINDOW = 64 * TIMING_WINDOW
+MAX_DRIFT_WINDOW = 64 * DRIFT_WINDOW
 
 
 class PlacedModel:
@@ -47,7 +51,7 @@ class PlacedModel:
         self._executor: FailoverExecutor | None = None
         self._direct: Session | None = None
         self._runs_since_plan = 0
-        self._drift_window = TIMING_WINDOW  # doubles after each drift re-plan: a noisy device settles down
+        self._drift_window = DRIFT_WINDOW  # doubles after each drift re-plan: a noisy device settles down
         self.replans = 0
         try:
             self._open()
@@ -66,6 +70,8 @@ class PlacedModel:
             self._direct = backend.load(cfg.path, BackendOptions(threads=cfg.threads))
             self._direct_name = backend.name
             return
+        from agent.runtime.failover import FailoverExecutor
+
         plan, parts = self._plan(set(), use_cache=True)
         self.plan = plan
         self._executor = FailoverExecutor(plan, parts, found.backends, self._replan, threads=cfg.threads)
@@ -78,6 +84,8 @@ class PlacedModel:
         )
 
     def _plan(self, failed: set[str], use_cache: bool, refresh: bool = False) -> tuple[Plan, list[SegmentModel]]:
+        from agent.runtime.split import split_onnx
+
         cfg = self.cfg
         shapes = {name: tuple(dims) for name, dims in cfg.input_shapes.items()}
         plan, profile, _ = plan_for(
@@ -147,7 +155,7 @@ class PlacedModel:
         bound = 1 + self.cfg.replan_drift
         out = []
         for st in self._executor.stats():
-            if st.median_ms is None or st.runs < TIMING_WINDOW or st.predicted_ms <= 0:
+            if st.median_ms is None or st.runs < DRIFT_WINDOW or st.predicted_ms <= 0:
                 continue
             ratio = st.median_ms / st.predicted_ms
             if abs(st.median_ms - st.predicted_ms) < MIN_DRIFT_MS:  # jitter of a tiny segment, not drift

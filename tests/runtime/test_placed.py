@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +13,7 @@ import pytest
 from accelerators.null import NullConfig
 from accelerators.registry import discover
 from agent.config import ModelConfig
-from agent.runtime.executor import TIMING_WINDOW
-from agent.runtime.placed import PlacedModel
+from agent.runtime.placed import DRIFT_WINDOW, PlacedModel
 from tests.conftest import DIGITS_MODEL, FACE_MODEL
 
 
@@ -55,7 +56,7 @@ def test_live_drift_beyond_the_bound_re_plans_from_measurements(
     assert placed.accelerators == ("null",) and placed.replans == 0
     name = placed.inputs[0].name
     with caplog.at_level(logging.WARNING):
-        for i in range(TIMING_WINDOW):
+        for i in range(DRIFT_WINDOW):
             placed.run({name: _digit(i)})
     assert placed.replans == 1
     assert any("drifted from the plan" in m for m in caplog.messages)
@@ -66,3 +67,18 @@ def test_live_drift_beyond_the_bound_re_plans_from_measurements(
     out = placed.run({name: _digit(7)})
     assert set(out) == {o.name for o in placed.outputs}
     placed.close()
+
+
+def test_a_single_candidate_model_never_loads_the_planning_stack(tmp_path: Path) -> None:
+    """Planning imports onnx (~8 MB resident); the demo's one-accelerator TFLite model does not need it."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from agent.app import Agent\n"
+        "from agent.config import ModelConfig\n"
+        "from agent.runtime.placed import PlacedModel\n"
+        f"PlacedModel(ModelConfig(path=Path({str(FACE_MODEL)!r})), (), Path({str(tmp_path)!r})).close()\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'onnx', 'onnxruntime', 'openvino'}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert proc.stdout.strip() == "[]", proc.stdout
