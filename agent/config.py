@@ -175,6 +175,11 @@ class ModelConfig(Section):
     accelerators: list[str] = Field(
         default_factory=list, description="With backend = 'auto': only these accelerators; empty: every available one."
     )
+    variants: list[Path] = Field(
+        default_factory=list,
+        description="With backend = 'auto': the same model in other files (e.g. model.tflite beside model.onnx, or "
+        "model_edgetpu.tflite); each is planned and the fastest used. Inputs and outputs must have the same names.",
+    )
     objective: Literal["latency", "throughput"] = Field(
         "latency", description="What the plan minimises: one frame's latency, or the slowest pipeline stage."
     )
@@ -391,7 +396,12 @@ def _resolve_paths(config: Config, base: Path) -> Config:
             p.model_copy(
                 update={
                     "source": p.source.model_copy(update={"path": _resolve(p.source.path, base)}),
-                    "model": p.model.model_copy(update={"path": _resolve(p.model.path, base)}),
+                    "model": p.model.model_copy(
+                        update={
+                            "path": _resolve(p.model.path, base),
+                            "variants": [_resolve(v, base) for v in p.model.variants],
+                        }
+                    ),
                     "postprocess": post,
                 }
             )
@@ -410,6 +420,9 @@ def check_config_files(config: Config, source: Path) -> None:
             raise ConfigError(f"{where}.model.path: model file not found: {p.model.path}")
         if not os.access(p.model.path, os.R_OK):
             raise ConfigError(f"{where}.model.path: model file not readable: {p.model.path}")
+        for variant in p.model.variants:
+            if not variant.is_file():
+                raise ConfigError(f"{where}.model.variants: model file not found: {variant}")
         if not p.source.path.exists():
             raise ConfigError(f"{where}.source.path: no such file or folder: {p.source.path}")
         labels = getattr(p.postprocess, "labels", None)

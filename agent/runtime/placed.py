@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from accelerators.base import BackendConfig, BackendOptions, Session, TensorSpec
+from accelerators.base import Backend, BackendConfig, BackendOptions, Session, TensorSpec
 from accelerators.errors import AcceleratorError
 from accelerators.registry import select
 from agent.config import ModelConfig
 from agent.errors import ModelError
+from agent.models.ir import ModelProfile
 from agent.placement import candidates, plan_for
 from agent.planner.plan import Plan
 
@@ -60,48 +61,70 @@ class PlacedModel:
 
     def _open(self) -> None:
         cfg = self.cfg
-        found = None
+        backends: dict[str, Backend] = {}
         if cfg.backend == "auto":
-            found = candidates(cfg.path.suffix.lower(), self._configs, only=cfg.accelerators)
-        if found is None or len(found.backends) <= 1:
-            backend = select(
-                cfg.path, cfg.backend if found is None else next(iter(found.backends), "auto"), configs=self._configs
-            )
-            self._direct = backend.load(cfg.path, BackendOptions(threads=cfg.threads))
-            self._direct_name = backend.name
-            return
+            for path in self.paths:
+                backends.update(candidates(path.suffix.lower(), self._configs, only=cfg.accelerators).backends)
+            if len(backends) > 1 or len(self.paths) > 1:
+                self._open_planned(backends)
+                return
+        backend = select(
+            cfg.path, cfg.backend if cfg.backend != "auto" else next(iter(backends), "auto"), configs=self._configs
+        )
+        self._direct = backend.load(cfg.path, BackendOptions(threads=cfg.threads))
+        self._direct_name = backend.name
+
+    def _open_planned(self, backends: Mapping[str, Backend]) -> None:
         from agent.runtime.failover import FailoverExecutor
 
         plan, parts = self._plan(set(), use_cache=True)
         self.plan = plan
-        self._executor = FailoverExecutor(plan, parts, found.backends, self._replan, threads=cfg.threads)
+        self._executor = FailoverExecutor(plan, parts, backends, self._replan, threads=self.cfg.threads)
         log.info(
             "%s placed on %s: %d segment(s), %.2f ms predicted",
-            cfg.path.name,
+            Path(plan.model_path).name,
             ", ".join(plan.accelerators),
             len(plan.segments),
             plan.predicted_ms,
         )
 
+    @property
+    def paths(self) -> list[Path]:
+        """The model file and its variants (the same model in other formats or compiled for a part)."""
+        return [self.cfg.path, *self.cfg.variants]
+
     def _plan(self, failed: set[str], use_cache: bool, refresh: bool = False) -> tuple[Plan, list[SegmentModel]]:
+        """The best plan over every variant of the model, without the ``failed`` accelerators."""
         from agent.runtime.split import split_onnx
 
         cfg = self.cfg
         shapes = {name: tuple(dims) for name, dims in cfg.input_shapes.items()}
-        plan, profile, _ = plan_for(
-            cfg.path,
-            cfg.objective,
-            self._configs,
-            self._state_dir,
-            shapes,
-            only=cfg.accelerators,
-            without=failed,
-            use_cache=use_cache,
-            refresh=refresh,
-            threads=cfg.threads,
-        )
-        work = (self._state_dir / "segments") if self._state_dir else cfg.path.parent / ".edge-agent-segments"
-        return plan, split_onnx(cfg.path, profile, plan.segments, work)
+        best: tuple[Plan, ModelProfile, Path] | None = None
+        errors = []
+        for path in self.paths:
+            try:
+                plan, profile, _ = plan_for(
+                    path,
+                    cfg.objective,
+                    self._configs,
+                    self._state_dir,
+                    shapes,
+                    only=cfg.accelerators,
+                    without=failed,
+                    use_cache=use_cache,
+                    refresh=refresh,
+                    threads=cfg.threads,
+                )
+            except ModelError as exc:  # no accelerator left for this variant: another may still run
+                errors.append(str(exc))
+                continue
+            if best is None or plan.predicted_ms < best[0].predicted_ms:
+                best = (plan, profile, path)
+        if best is None:
+            raise ModelError("; ".join(errors))
+        plan, profile, path = best
+        work = (self._state_dir / "segments") if self._state_dir else path.parent / ".edge-agent-segments"
+        return plan, split_onnx(path, profile, plan.segments, work)
 
     def _replan(self, failed: set[str]) -> tuple[Plan, Sequence[SegmentModel]]:
         plan, parts = self._plan(failed, use_cache=False)

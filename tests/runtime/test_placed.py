@@ -82,3 +82,23 @@ def test_a_single_candidate_model_never_loads_the_planning_stack(tmp_path: Path)
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert proc.stdout.strip() == "[]", proc.stdout
+
+
+def test_variants_of_a_model_are_planned_and_the_fastest_is_run(tmp_path: Path) -> None:
+    from tests.test_zoo import _script
+
+    onnx_face = tmp_path / "face.onnx"
+    _script("tflite_to_onnx").convert(FACE_MODEL, onnx_face)  # the same model, as ONNX (same tensor names)
+    cfg = ModelConfig(path=onnx_face, variants=[FACE_MODEL])
+    placed = PlacedModel(cfg, (), tmp_path)
+    assert placed.plan is not None and placed.plan.model_path in {str(onnx_face), str(FACE_MODEL)}
+    engines = {"litert-cpu"} if placed.plan.model_path == str(FACE_MODEL) else {"onnxruntime-cpu", "openvino-cpu"}
+    assert set(placed.accelerators) <= engines
+    image = np.random.default_rng(0).random((1, 128, 128, 3), np.float32)
+    out = placed.run({placed.inputs[0].name: image})
+    reference = discover()["litert-cpu"].load(FACE_MODEL)
+    want = reference.run({reference.inputs[0].name: image})
+    reference.close()
+    for name, value in want.items():
+        np.testing.assert_allclose(out[name], value, rtol=1e-3, atol=1e-3 * max(1.0, float(np.abs(value).max())))
+    placed.close()
