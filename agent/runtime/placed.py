@@ -22,7 +22,7 @@ import numpy as np
 
 from accelerators.base import Backend, BackendConfig, BackendOptions, Session, TensorSpec
 from accelerators.errors import AcceleratorError
-from accelerators.registry import select
+from accelerators.registry import discover, select
 from agent.config import ModelConfig
 from agent.errors import ModelError
 from agent.models.ir import ModelProfile
@@ -62,6 +62,13 @@ class PlacedModel:
     def _open(self) -> None:
         cfg = self.cfg
         backends: dict[str, Backend] = {}
+        known = discover(configs=self._configs) if cfg.accelerators else {}  # lists every SDK: only when needed
+        unknown = [name for name in cfg.accelerators if name not in known]
+        if unknown:
+            raise ModelError(
+                f"model.accelerators names unknown accelerator(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(known))} (see 'edge-agent doctor')"
+            )
         if cfg.backend == "auto":
             for path in self.paths:
                 backends.update(candidates(path.suffix.lower(), self._configs, only=cfg.accelerators).backends)

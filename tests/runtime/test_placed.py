@@ -102,3 +102,10 @@ def test_variants_of_a_model_are_planned_and_the_fastest_is_run(tmp_path: Path) 
     for name, value in want.items():
         np.testing.assert_allclose(out[name], value, rtol=1e-3, atol=1e-3 * max(1.0, float(np.abs(value).max())))
     placed.close()
+
+
+def test_an_unknown_accelerator_in_the_config_is_a_clear_error(tmp_path: Path) -> None:
+    from agent.errors import ModelError
+
+    with pytest.raises(ModelError, match=r"unknown accelerator.*onnxrutime-cpu.*edge-agent doctor"):
+        PlacedModel(ModelConfig(path=DIGITS_MODEL, accelerators=["onnxrutime-cpu"]), (), tmp_path)
