@@ -93,7 +93,12 @@ def test_every_mac_layer_gets_a_time_on_both_runtimes(
         print(f"{net} on {name}: wall {m.wall_ms:.2f} ms, layers {m.layers_ms:.2f} ms ({ratio:.0%}), "
               f"unattributed {m.unattributed_ms:.3f} ms")  # fmt: skip
         # a 0.2 ms net is mostly the call itself; a real one mostly its layers
-        assert (0.5 if net != "small" else 0.05) < ratio < 1.5, (name, m.wall_ms, m.layers_ms)
+        # (node timers of a 0.1 ms net are at their granularity: its sum may exceed the wall time)
+        assert (0.5 if net != "small" else 0.05) < ratio < (1.5 if net != "small" else 3.0), (
+            name,
+            m.wall_ms,
+            m.layers_ms,
+        )
 
 
 def test_fused_activations_leave_their_time_with_the_convolution(
