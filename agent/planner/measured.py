@@ -183,7 +183,7 @@ def measure_layers(
             # the per-layer figures are scaled to the wall time of a plain session on the same inputs.
             plain = time_whole(backend, model, inputs, runs, BackendOptions(threads=threads))
         except AcceleratorError as exc:
-            log.warning("%s: cannot time %s: %s", name, model.name, exc)
+            log.warning("%s: cannot time %s layer by layer: %s", name, model.name, exc)
             continue
         weights = [layer_ms(layer, backend.capabilities()) for layer in profile.layers]
         mapped = map_times(profile, times, weights)
