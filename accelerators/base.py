@@ -140,6 +140,28 @@ class BackendConfig(BaseModel):
     type: str = Field(description="Backend type this entry configures.")
     enabled: bool = Field(True, description="false: list this backend as unavailable and never use it.")
 
+    def disabled(self) -> Probe | None:
+        """The probe of an accelerator whose type is switched off in the config, else None."""
+        if self.enabled:
+            return None
+        return Probe(False, f"disabled in the config ([[accelerators]] type = '{self.type}')")
+
+
+class FixedSpecs:
+    """For a Session whose tensor specs are fixed when it is loaded: set ``_inputs``/``_outputs`` in
+    ``__init__`` and this exposes them as ``inputs``/``outputs``."""
+
+    _inputs: tuple[TensorSpec, ...] = ()
+    _outputs: tuple[TensorSpec, ...] = ()
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self._outputs
+
 
 @runtime_checkable
 class Session(Protocol):

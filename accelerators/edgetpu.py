@@ -110,8 +110,8 @@ class EdgeTpu:
         self._config = config
 
     def probe(self) -> Probe:
-        if not self._config.enabled:
-            return Probe(False, "disabled in the config ([[accelerators]] type = 'edgetpu')")
+        if (off := self._config.disabled()) is not None:
+            return off
         device = self.device
         if device is None:
             return Probe(

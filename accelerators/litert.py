@@ -10,7 +10,16 @@ import numpy as np
 from pydantic import Field
 
 from accelerators import catalog
-from accelerators.base import Backend, BackendConfig, BackendOptions, Capabilities, Probe, TensorSpec, check_inputs
+from accelerators.base import (
+    Backend,
+    BackendConfig,
+    BackendOptions,
+    Capabilities,
+    FixedSpecs,
+    Probe,
+    TensorSpec,
+    check_inputs,
+)
 from accelerators.errors import BackendUnavailable, InferenceError, ModelLoadError
 from accelerators.host import Host
 from accelerators.modelfile import check_model_file
@@ -47,7 +56,7 @@ def _spec(detail: Mapping[str, Any]) -> TensorSpec:
     return TensorSpec(name=detail["name"], shape=shape, dtype=np.dtype(detail["dtype"]).name, quantization=quant)
 
 
-class LiteRtSession:
+class LiteRtSession(FixedSpecs):
     def __init__(self, interpreter: Any, model: Path, label: str = "LiteRT", keep: tuple[Any, ...] = ()) -> None:
         self._interp = interpreter
         self._model = model
@@ -59,14 +68,6 @@ class LiteRtSession:
         self._outputs = tuple(_spec(d) for d in out_details)
         self._in_index = {d["name"]: d["index"] for d in in_details}
         self._out_index = [(d["name"], d["index"]) for d in out_details]
-
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        return self._outputs
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_inputs(self._inputs, inputs)
@@ -110,8 +111,8 @@ class LiteRtCpu:
         self._host = host or Host()
 
     def probe(self) -> Probe:
-        if not self._config.enabled:
-            return Probe(False, "disabled in the config ([[accelerators]] type = 'litert')")
+        if (off := self._config.disabled()) is not None:
+            return off
         try:
             _, _, package = interpreter_api()
         except BackendUnavailable as exc:

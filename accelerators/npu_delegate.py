@@ -149,8 +149,8 @@ class NpuDelegate:
         self._config = config
 
     def probe(self) -> Probe:
-        if not self._config.enabled:
-            return Probe(False, "disabled in the config ([[accelerators]] type = 'npu-delegate')")
+        if (off := self._config.disabled()) is not None:
+            return off
         known = self._known
         if known is None:
             looked = "; ".join(f"{k.library} with {k.device_node}" for k in _KNOWN)

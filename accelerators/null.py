@@ -19,6 +19,7 @@ from accelerators.base import (
     BackendConfig,
     BackendOptions,
     Capabilities,
+    FixedSpecs,
     Probe,
     Session,
     TensorSpec,
@@ -62,8 +63,8 @@ class NullBackend:
         self._config = config
 
     def probe(self) -> Probe:
-        if not self._config.enabled:
-            return Probe(False, "disabled in the config ([[accelerators]] type = 'null')")
+        if (off := self._config.disabled()) is not None:
+            return off
         return Probe(True, device="no device: every output is zeros")
 
     def capabilities(self) -> Capabilities:
@@ -97,7 +98,7 @@ class NullBackend:
             reader.close()
 
 
-class NullSession:
+class NullSession(FixedSpecs):
     def __init__(
         self, model: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...], config: NullConfig
     ) -> None:
@@ -106,14 +107,6 @@ class NullSession:
         self._outputs = outputs
         self._config = config
         self.runs = 0  # successful runs so far
-
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        return self._outputs
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_inputs(self._inputs, inputs)

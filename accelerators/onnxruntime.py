@@ -14,7 +14,16 @@ import numpy as np
 from pydantic import Field
 
 from accelerators import catalog
-from accelerators.base import Backend, BackendConfig, BackendOptions, Capabilities, Probe, TensorSpec, check_inputs
+from accelerators.base import (
+    Backend,
+    BackendConfig,
+    BackendOptions,
+    Capabilities,
+    FixedSpecs,
+    Probe,
+    TensorSpec,
+    check_inputs,
+)
 from accelerators.errors import BackendUnavailable, InferenceError, ModelLoadError
 from accelerators.host import Host
 from accelerators.layer_timing import WARMUP_RUNS, LayerTimes, median_per_node, timed_run
@@ -53,21 +62,13 @@ def _first_line(exc: BaseException) -> str:
     return text[-1] if text else type(exc).__name__
 
 
-class OnnxRuntimeSession:
+class OnnxRuntimeSession(FixedSpecs):
     def __init__(self, session: Any, model: Path) -> None:
         self._session = session
         self._model = model
         self._inputs = tuple(_spec(a) for a in session.get_inputs())
         self._outputs = tuple(_spec(a) for a in session.get_outputs())
         self._output_names = [o.name for o in self._outputs]
-
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        return self._outputs
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_inputs(self._inputs, inputs)
@@ -141,8 +142,8 @@ class OnnxRuntimeBackend:
         self._built = built
 
     def probe(self) -> Probe:
-        if not self._config.enabled:
-            return Probe(False, "disabled in the config ([[accelerators]] type = 'onnxruntime')")
+        if (off := self._config.disabled()) is not None:
+            return off
         try:
             ort = _import_ort()
         except BackendUnavailable as exc:

@@ -13,7 +13,16 @@ import numpy as np
 from pydantic import Field
 
 from accelerators import catalog
-from accelerators.base import Backend, BackendConfig, BackendOptions, Capabilities, Probe, TensorSpec, check_inputs
+from accelerators.base import (
+    Backend,
+    BackendConfig,
+    BackendOptions,
+    Capabilities,
+    FixedSpecs,
+    Probe,
+    TensorSpec,
+    check_inputs,
+)
 from accelerators.errors import BackendUnavailable, InferenceError, ModelLoadError
 from accelerators.host import Host
 from accelerators.layer_timing import WARMUP_RUNS, LayerTimes, median_per_node, timed_run
@@ -100,8 +109,8 @@ class OpenVinoDevice:
         self._reason = reason
 
     def probe(self) -> Probe:
-        if not self._config.enabled:
-            return Probe(False, "disabled in the config ([[accelerators]] type = 'openvino')")
+        if (off := self._config.disabled()) is not None:
+            return off
         try:
             ov = _openvino()
         except BackendUnavailable as exc:
@@ -256,7 +265,7 @@ def _spec(port: Any, index: int, prefix: str, declared: frozenset[str] = frozens
     return TensorSpec(name=name, shape=shape, dtype=np.dtype(port.get_element_type().to_dtype()).name)
 
 
-class OpenVinoSession:
+class OpenVinoSession(FixedSpecs):
     def __init__(self, compiled: Any, model: Path, device: str) -> None:
         self._compiled = compiled
         self._request = compiled.create_infer_request()
@@ -265,14 +274,6 @@ class OpenVinoSession:
         declared = _declared_names(model)
         self._inputs = tuple(_spec(p, i, "input", declared) for i, p in enumerate(compiled.inputs))
         self._outputs = tuple(_spec(p, i, "output", declared) for i, p in enumerate(compiled.outputs))
-
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        return self._outputs
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_inputs(self._inputs, inputs)

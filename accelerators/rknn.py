@@ -15,7 +15,16 @@ import numpy as np
 from pydantic import Field
 
 from accelerators import catalog
-from accelerators.base import Backend, BackendConfig, BackendOptions, Capabilities, Probe, TensorSpec, check_inputs
+from accelerators.base import (
+    Backend,
+    BackendConfig,
+    BackendOptions,
+    Capabilities,
+    FixedSpecs,
+    Probe,
+    TensorSpec,
+    check_inputs,
+)
 from accelerators.errors import BackendUnavailable, InferenceError, ModelLoadError
 from accelerators.host import Host
 from accelerators.modelfile import check_model_file
@@ -113,8 +122,8 @@ class RknnNpu:
             self._part = None
 
     def probe(self) -> Probe:
-        if not self._config.enabled:
-            return Probe(False, "disabled in the config ([[accelerators]] type = 'rknn')")
+        if (off := self._config.disabled()) is not None:
+            return off
         soc = next((c for c in self._compatible if c.startswith("rockchip,rk")), "")
         if self._part is None:
             if soc:
@@ -197,7 +206,7 @@ def _specs(runtime: Any, outputs: bool) -> tuple[TensorSpec, ...]:
     return tuple(specs)
 
 
-class RknnSession:
+class RknnSession(FixedSpecs):
     def __init__(self, runtime: Any, model: Path) -> None:
         self._runtime = runtime
         self._model = model
@@ -210,14 +219,6 @@ class RknnSession:
                 f"{model}: this rknn-toolkit-lite2 does not expose tensor attributes; upgrade it ({_INSTALL})"
             ) from exc
         self._formats = ["nchw" if f == _NCHW else "nhwc" for f in formats]
-
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        return self._outputs
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_inputs(self._inputs, inputs)

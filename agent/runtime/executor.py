@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from accelerators.base import Backend, BackendOptions, Session, TensorSpec, check_inputs
+from accelerators.base import Backend, BackendOptions, FixedSpecs, Session, check_inputs
 from accelerators.errors import AcceleratorError, InferenceError
 from agent.errors import ModelError
 from agent.planner.plan import Plan, Segment
@@ -112,7 +112,7 @@ class _Timing:
             )
 
 
-class PlanExecutor:
+class PlanExecutor(FixedSpecs):
     """A plan's segments loaded on their accelerators, run one after another. Not thread-safe, like a
     Session; ``run_stage`` lets ``PipelinedExecutor`` run different segments in different threads."""
 
@@ -158,14 +158,6 @@ class PlanExecutor:
         self._drop_after = [
             tuple(n for n, at in last_read.items() if at == index and n not in keep) for index in range(len(self.parts))
         ]
-
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        return self._outputs
 
     @property
     def accelerators(self) -> tuple[str, ...]:

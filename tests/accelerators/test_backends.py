@@ -110,3 +110,16 @@ def test_running_a_tflite_model_does_not_load_other_sdks() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert proc.stdout.strip() == "[]", proc.stdout
+
+
+def test_every_backend_type_can_be_switched_off_in_the_config() -> None:
+    from accelerators.host import Host
+    from accelerators.registry import backend_types
+
+    for kind, backend_type in backend_types().items():
+        accelerators = backend_type.accelerators(Host(), backend_type.Config(type=kind, enabled=False))
+        assert accelerators, kind
+        for backend in accelerators:
+            probe = backend.probe()
+            assert not probe.available, backend.name
+            assert probe.reason == f"disabled in the config ([[accelerators]] type = '{kind}')", backend.name
