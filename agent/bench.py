@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +18,9 @@ import numpy as np
 from accelerators.base import BackendOptions, Session
 from accelerators.errors import AcceleratorError
 from agent.errors import ModelError
-from agent.models.ir import ModelProfile, TensorInfo
+from agent.models.ir import ModelProfile
 from agent.placement import Candidates, open_plan
+from agent.planner.measured import model_inputs
 from agent.planner.plan import Plan
 from agent.runtime.executor import PlanExecutor
 from agent.runtime.pipelined import PipelinedExecutor
@@ -34,18 +35,6 @@ class Timing:
 
     def to_json(self) -> dict[str, float | int]:
         return {"median_ms": self.median_ms, "p10_ms": self.p10_ms, "p90_ms": self.p90_ms, "runs": self.runs}
-
-
-def feeds(inputs: Sequence[TensorInfo], seed: int = 0) -> dict[str, np.ndarray]:
-    """Deterministic inputs of the profile's (pinned) shapes: noise for floats, small values for integers."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for t in inputs:
-        if np.dtype(t.dtype).kind == "f":
-            out[t.name] = rng.standard_normal(t.shape).astype(t.dtype)
-        else:
-            out[t.name] = rng.integers(0, 2, t.shape).astype(t.dtype)
-    return out
 
 
 def measure(runners: Mapping[str, Callable[[], object]], runs: int, rounds: int = 5) -> dict[str, Timing]:
@@ -80,7 +69,7 @@ def bench(
     threads: int = 1,
 ) -> dict[str, object]:
     """Measure the plan and each accelerator that can run the whole model; predicted next to measured."""
-    inputs = feeds(profile.inputs)
+    inputs = model_inputs(profile.inputs)  # the inputs the layers were timed on
     sessions: dict[str, Session] = {}
     executor = open_plan(model, plan, profile, found.backends, work_dir, threads)
     try:

@@ -30,9 +30,10 @@ sys.path.insert(0, str(ROOT))
 import onnxruntime as ort  # noqa: E402
 
 from accelerators.base import BackendOptions  # noqa: E402
-from agent.bench import feeds, measure  # noqa: E402
+from agent.bench import measure  # noqa: E402
 from agent.doctor import examine  # noqa: E402
 from agent.placement import open_plan, plan_for  # noqa: E402
+from agent.planner.measured import model_inputs  # noqa: E402
 from agent.planner.plan import Plan  # noqa: E402
 
 ENGINES = ("onnxruntime-cpu", "openvino-cpu", "litert-cpu")
@@ -51,16 +52,16 @@ def bench_entry(entry: dict[str, Any], zoo: Path, state: Path, runs: int, thread
     runners: dict[str, Callable[[], object]] = {}
     executor = open_plan(path, plan, profile, found.backends, state / "segments", threads)
     closers.append(executor.close)
-    plan_inputs = feeds(profile.inputs)
+    plan_inputs = model_inputs(profile.inputs)
     runners["plan"] = lambda: executor.run(plan_inputs)
     for variant, _, vprofile, vfound in planned:
-        inputs = feeds(vprofile.inputs)
+        inputs = model_inputs(vprofile.inputs)
         for name, backend in vfound.backends.items():
             session = backend.load(variant, BackendOptions(threads=threads))
             closers.append(session.close)
             runners[name] = lambda s=session, i=inputs: s.run(i)
     onnx_path = zoo / entry["onnx"]
-    onnx_inputs = feeds(next(p for v, _, p, _ in planned if v == onnx_path).inputs)
+    onnx_inputs = model_inputs(next(p for v, _, p, _ in planned if v == onnx_path).inputs)
     try:
         timings = measure(runners, runs)
         # Out of the box, onnxruntime's threads keep spinning after each run and would slow whichever
