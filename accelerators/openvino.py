@@ -171,7 +171,8 @@ class OpenVinoDevice:
         return self._capabilities
 
     def load(self, model: Path, options: BackendOptions | None = None) -> OpenVinoSession:
-        return OpenVinoSession(self._compile(model, options), model, self.device)
+        compiled, declared = self._compile(model, options)
+        return OpenVinoSession(compiled, model, self.device, declared)
 
     def profile_layers(
         self, model: Path, inputs: Mapping[str, np.ndarray], runs: int = 15, options: BackendOptions | None = None
@@ -182,8 +183,8 @@ class OpenVinoDevice:
         fused into another report NOT_RUN and 0; the runtime model's ``originalLayersNames`` says which
         model nodes each executed node ran.
         """
-        compiled = self._compile(model, options, {_openvino().properties.enable_profiling(): True})
-        session = OpenVinoSession(compiled, model, self.device)
+        compiled, declared = self._compile(model, options, {_openvino().properties.enable_profiling(): True})
+        session = OpenVinoSession(compiled, model, self.device, declared)
         try:
             for _ in range(WARMUP_RUNS):
                 session.run(inputs)
@@ -204,7 +205,11 @@ class OpenVinoDevice:
             fused=fused,
         )
 
-    def _compile(self, model: Path, options: BackendOptions | None, extra: Mapping[str, Any] | None = None) -> Any:
+    def _compile(
+        self, model: Path, options: BackendOptions | None, extra: Mapping[str, Any] | None = None
+    ) -> tuple[Any, frozenset[str]]:
+        """The compiled model, and the tensor names the file itself gives its inputs and outputs (compiling
+        may merge names onto one port: {'output', 'F0::If_0_then_branch…'}; the file's name must win)."""
         check_model_file(model)
         if model.suffix.lower() not in FORMATS:
             raise ModelLoadError(f"{model}: OpenVINO loads .onnx and .xml (IR) files here")
@@ -221,8 +226,9 @@ class OpenVinoDevice:
             graph = core().read_model(str(model))
         except (RuntimeError, ValueError) as exc:
             raise ModelLoadError(f"{model}: OpenVINO cannot read it: {_last_line(exc)}") from exc
+        declared = frozenset(str(n) for port in (*graph.inputs, *graph.outputs) for n in port.get_names())
         try:
-            return core().compile_model(graph, self.device, settings)
+            return core().compile_model(graph, self.device, settings), declared
         except (RuntimeError, ValueError, TypeError) as exc:
             raise ModelLoadError(f"{model}: OpenVINO cannot compile it for {self.device}: {_last_line(exc)}") from exc
 
@@ -244,19 +250,6 @@ def _fused_groups(compiled: Any) -> dict[str, tuple[str, ...]]:
     return groups
 
 
-def _declared_names(model: Path) -> frozenset[str]:
-    """The ONNX graph's own input and output names (OpenVINO may give a fused port several names)."""
-    if model.suffix.lower() != ".onnx":
-        return frozenset()
-    import onnx
-
-    try:
-        graph = onnx.load(str(model), load_external_data=False).graph
-    except Exception:  # already checked by check_model_file; any doubt here just means no preference
-        return frozenset()
-    return frozenset(v.name for v in (*graph.input, *graph.output))
-
-
 def _spec(port: Any, index: int, prefix: str, declared: frozenset[str] = frozenset()) -> TensorSpec:
     names = sorted(str(n) for n in port.get_names())
     preferred = [n for n in names if n in declared]
@@ -266,12 +259,11 @@ def _spec(port: Any, index: int, prefix: str, declared: frozenset[str] = frozens
 
 
 class OpenVinoSession(FixedSpecs):
-    def __init__(self, compiled: Any, model: Path, device: str) -> None:
+    def __init__(self, compiled: Any, model: Path, device: str, declared: frozenset[str] = frozenset()) -> None:
         self._compiled = compiled
         self._request = compiled.create_infer_request()
         self._model = model
         self._device = device
-        declared = _declared_names(model)
         self._inputs = tuple(_spec(p, i, "input", declared) for i, p in enumerate(compiled.inputs))
         self._outputs = tuple(_spec(p, i, "output", declared) for i, p in enumerate(compiled.outputs))
 
