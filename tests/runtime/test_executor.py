@@ -15,27 +15,16 @@ from accelerators.null import NullConfig
 from accelerators.registry import discover
 from agent.errors import ModelError
 from agent.models.ir import ModelProfile
-from agent.models.onnx_profile import profile_onnx
 from agent.planner.plan import Plan
 from agent.runtime.executor import AcceleratorFailed, PlanExecutor
 from agent.runtime.failover import FailoverExecutor
 from agent.runtime.pipelined import Completed, PipelinedExecutor
 from agent.runtime.queues import Closed
 from agent.runtime.split import SegmentModel, split_onnx
-from tests.runtime.test_split import assert_same, build_nets, even_cuts, make_plan, random_inputs, reference
+from tests.runtime.test_split import assert_same, even_cuts, make_plan, random_inputs, reference
 
 ORT, OV, NULL = "onnxruntime-cpu", "openvino-cpu", "null"
 MIXED = [ORT, OV]
-
-
-@pytest.fixture(scope="module")
-def nets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return build_nets(tmp_path_factory.mktemp("nets"))
-
-
-@pytest.fixture(scope="module")
-def profiles(nets: dict[str, Path]) -> dict[str, ModelProfile]:
-    return {name: profile_onnx(path) for name, path in nets.items()}
 
 
 @pytest.fixture(scope="module")

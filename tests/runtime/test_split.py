@@ -95,16 +95,6 @@ def assert_same(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray]) -
         np.testing.assert_allclose(got[name], value, rtol=1e-4, atol=1e-5 * scale, err_msg=name)
 
 
-@pytest.fixture(scope="module")
-def nets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return build_nets(tmp_path_factory.mktemp("nets"))
-
-
-@pytest.fixture(scope="module")
-def profiles(nets: dict[str, Path]) -> dict[str, ModelProfile]:
-    return {name: profile_onnx(path) for name, path in nets.items()}
-
-
 @pytest.mark.parametrize("name", [*NETS, "digits"])
 @pytest.mark.parametrize("parts", [2, 3, 4])
 def test_segments_reproduce_the_whole_model(
