@@ -127,6 +127,11 @@ class BackendOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     threads: int = Field(1, ge=1, le=64, description="CPU threads the backend may use for one inference.")
+    exclusive: bool = Field(
+        False,
+        description="The session has the CPU cores to itself (one model, one segment): its runtime's threads may "
+        "spin-wait between runs and parallel sections, faster alone but costly beside other sessions.",
+    )
 
 
 class BackendConfig(BaseModel):

@@ -1,16 +1,10 @@
-"""``edge-agent bench``: the planned placement and every single-accelerator placement, measured in one run.
-
-Runners are measured in interleaved rounds (a few runs of each, round after round, in a rotating
-order) so that a busy, shared machine slows all of them alike instead of whichever happened to run
-during a burst.
-"""
+"""``edge-agent bench``: the planned placement and every single-accelerator placement, measured in one run
+(in interleaved rounds: ``agent.runtime.rounds``)."""
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,39 +18,9 @@ from agent.planner.measured import model_inputs
 from agent.planner.plan import Plan
 from agent.runtime.executor import PlanExecutor
 from agent.runtime.pipelined import PipelinedExecutor
+from agent.runtime.rounds import Timing, measure
 
-
-@dataclass(frozen=True)
-class Timing:
-    median_ms: float
-    p10_ms: float
-    p90_ms: float
-    runs: int
-
-    def to_json(self) -> dict[str, float | int]:
-        return {"median_ms": self.median_ms, "p10_ms": self.p10_ms, "p90_ms": self.p90_ms, "runs": self.runs}
-
-
-def measure(runners: Mapping[str, Callable[[], object]], runs: int, rounds: int = 5) -> dict[str, Timing]:
-    """Median and spread per runner, from ``runs`` runs each spread over ``rounds`` interleaved rounds."""
-    for run in runners.values():  # warm-up: first runs allocate and fuse
-        run()
-        run()
-    samples: dict[str, list[float]] = {name: [] for name in runners}
-    per_round = max(1, runs // rounds)
-    order = list(runners.items())
-    for r in range(rounds):
-        # rotate, so no runner always follows the same neighbour (runtimes leave threads spinning a while)
-        for name, run in order[r % len(order) :] + order[: r % len(order)]:
-            for _ in range(per_round):
-                start = time.perf_counter()
-                run()
-                samples[name].append((time.perf_counter() - start) * 1e3)
-    result = {}
-    for name, values in samples.items():
-        deciles = statistics.quantiles(values, n=10) if len(values) > 1 else [values[0]] * 9
-        result[name] = Timing(statistics.median(values), deciles[0], deciles[-1], len(values))
-    return result
+__all__ = ["Timing", "bench", "format_bench", "measure"]
 
 
 def bench(
@@ -71,7 +35,7 @@ def bench(
     """Measure the plan and each accelerator that can run the whole model; predicted next to measured."""
     inputs = model_inputs(profile.inputs)  # the inputs the layers were timed on
     sessions: dict[str, Session] = {}
-    executor = open_plan(model, plan, profile, found.backends, work_dir, threads)
+    executor = open_plan(model, plan, profile, found.backends, work_dir, threads, exclusive=True)
     try:
         runners: dict[str, Callable[[], object]] = {"plan": lambda: executor.run(inputs)}
         skipped: dict[str, str] = {}
@@ -80,7 +44,7 @@ def bench(
                 skipped[name] = "cannot run the whole model"
                 continue
             try:
-                session = found.backends[name].load(model, BackendOptions(threads=threads))
+                session = found.backends[name].load(model, BackendOptions(threads=threads, exclusive=True))
                 session.run(inputs)
             except AcceleratorError as exc:
                 skipped[name] = str(exc)

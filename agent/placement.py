@@ -9,6 +9,7 @@ and the plan cache in the state directory.
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -97,7 +98,8 @@ def plan_for(
     """The plan for ``model`` here (from the cache when the model, hardware and calibration are unchanged).
 
     ``measure``: time the model layer by layer on each candidate accelerator first (a few seconds each,
-    cached in ``<state_dir>/layer_times``) and place by those times. Cached timings of this model are
+    cached in ``<state_dir>/layer_times``) and place by those times, then measure the plan against each
+    whole-model placement before adopting it (``agent.runtime.verify``). Cached timings of this model are
     used even without ``measure``; ``threads`` is what each session is given while timing.
     """
     host = host or Host()
@@ -133,10 +135,26 @@ def plan_for(
     whole = [name for name, m in measurements.items() if not m.per_layer and name in found.capabilities]
     if whole:
         plan = replace(plan, reasons=_timed_whole(plan.reasons, whole))
+    if measure or refresh:
+        plan = _verified(model, plan, profile, found, measured, state_dir, threads)
     plan = replace(plan, created_at=time.time())
     if cache and not only and not without:
         cache.put(plan)
     return plan, profile, found
+
+
+def _verified(
+    model: Path, plan: Plan, profile: ModelProfile, found: Candidates, measured: Measured, state_dir: Path | None,
+    threads: int,
+) -> Plan:  # fmt: skip
+    from agent.runtime.verify import verify_plan  # loads sessions: imports the onnx stack
+
+    with tempfile.TemporaryDirectory(prefix="edge-agent-verify-") as tmp:
+        work = state_dir / "segments" if state_dir else Path(tmp)
+        return verify_plan(
+            plan, profile, found.capabilities, measured,
+            lambda p: open_plan(model, p, profile, found.backends, work, threads, exclusive=True),
+        )  # fmt: skip
 
 
 def _timed_whole(reasons: Sequence[str], names: Sequence[str]) -> tuple[str, ...]:
@@ -218,14 +236,21 @@ def _whole(
 
 
 def open_plan(
-    model: Path, plan: Plan, profile: ModelProfile, backends: Mapping[str, Backend], work_dir: Path, threads: int = 1
+    model: Path,
+    plan: Plan,
+    profile: ModelProfile,
+    backends: Mapping[str, Backend],
+    work_dir: Path,
+    threads: int = 1,
+    exclusive: bool = False,
 ) -> PlanExecutor:
-    """Load a plan's segments on their accelerators (ONNX segments are cut into ``work_dir``, cached)."""
+    """Load a plan's segments on their accelerators (ONNX segments are cut into ``work_dir``, cached);
+    ``exclusive``: the model has the device to itself (see ``PlanExecutor``)."""
     from agent.runtime.executor import PlanExecutor
     from agent.runtime.split import split_onnx  # imports onnx: only when a plan is opened
 
     parts = split_onnx(model, profile, plan.segments, work_dir)
-    return PlanExecutor(plan, parts, backends, threads=threads)
+    return PlanExecutor(plan, parts, backends, threads=threads, exclusive=exclusive)
 
 
 def planned_layer_ms(

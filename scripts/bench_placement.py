@@ -30,11 +30,11 @@ sys.path.insert(0, str(ROOT))
 import onnxruntime as ort  # noqa: E402
 
 from accelerators.base import BackendOptions  # noqa: E402
-from agent.bench import measure  # noqa: E402
 from agent.doctor import examine  # noqa: E402
 from agent.placement import open_plan, plan_for  # noqa: E402
 from agent.planner.measured import model_inputs  # noqa: E402
 from agent.planner.plan import Plan  # noqa: E402
+from agent.runtime.rounds import measure  # noqa: E402
 
 ENGINES = ("onnxruntime-cpu", "openvino-cpu", "litert-cpu")
 
@@ -50,14 +50,14 @@ def bench_entry(entry: dict[str, Any], zoo: Path, state: Path, runs: int, thread
     path, plan, profile, found = min(planned, key=lambda p: p[1].predicted_ms)
     closers: list[Callable[[], None]] = []
     runners: dict[str, Callable[[], object]] = {}
-    executor = open_plan(path, plan, profile, found.backends, state / "segments", threads)
+    executor = open_plan(path, plan, profile, found.backends, state / "segments", threads, exclusive=True)
     closers.append(executor.close)
     plan_inputs = model_inputs(profile.inputs)
     runners["plan"] = lambda: executor.run(plan_inputs)
     for variant, _, vprofile, vfound in planned:
         inputs = model_inputs(vprofile.inputs)
         for name, backend in vfound.backends.items():
-            session = backend.load(variant, BackendOptions(threads=threads))
+            session = backend.load(variant, BackendOptions(threads=threads, exclusive=True))
             closers.append(session.close)
             runners[name] = lambda s=session, i=inputs: s.run(i)
     onnx_path = zoo / entry["onnx"]

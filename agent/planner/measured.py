@@ -40,7 +40,7 @@ from agent.planner.layer_map import map_times
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: whole-model wall time taken with BackendOptions.exclusive
 MEASURE_RUNS = 15  # after the warm-up: ~0.2 s for MobileNetV2 on one core, ~1 s for ResNet-18
 _MIN_LAYER_SHARE = 0.1  # the layers keep at least this much of the wall time, whatever the dispatch figure
 
@@ -181,7 +181,8 @@ def measure_layers(
             times = profile_layers(backend, model, inputs, runs, BackendOptions(threads=threads))
             # A profiling session pays per node for its own bookkeeping (measured: 2x on a 0.3 ms model), so
             # the per-layer figures are scaled to the wall time of a plain session on the same inputs.
-            plain = time_whole(backend, model, inputs, runs, BackendOptions(threads=threads))
+            # ... of a session that has the device to itself, as a plan of one segment runs
+            plain = time_whole(backend, model, inputs, runs, BackendOptions(threads=threads, exclusive=True))
         except AcceleratorError as exc:
             log.warning("%s: cannot time %s layer by layer: %s", name, model.name, exc)
             continue

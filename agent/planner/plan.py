@@ -45,6 +45,9 @@ class Plan:
     reasons: tuple[str, ...] = ()  # why this placement, in words a person reads
     excluded: dict[str, str] = field(default_factory=dict)  # accelerator -> why it was not considered
     created_at: float = 0.0
+    # measured at plan time, in interleaved rounds (agent.runtime.verify): median ms of the split plan
+    # ("split") and of each accelerator running the whole model; empty where the plan was not verified
+    verified: dict[str, float] = field(default_factory=dict)
 
     @property
     def accelerators(self) -> tuple[str, ...]:
@@ -80,7 +83,8 @@ class Plan:
         )
         single = data.get("single", {})
         excluded = data.get("excluded", {})
-        assert isinstance(single, dict) and isinstance(excluded, dict)
+        verified = data.get("verified", {})
+        assert isinstance(single, dict) and isinstance(excluded, dict) and isinstance(verified, dict)
         objective = data["objective"]
         if objective not in ("latency", "throughput"):
             raise ValueError(f"unknown objective {objective!r}")
@@ -95,4 +99,5 @@ class Plan:
             reasons=tuple(str(r) for r in data.get("reasons", ())),  # type: ignore[attr-defined]
             excluded={str(k): str(v) for k, v in excluded.items()},
             created_at=float(data.get("created_at", 0.0)),  # type: ignore[arg-type]
+            verified={str(k): float(v) for k, v in verified.items()},
         )

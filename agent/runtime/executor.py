@@ -123,7 +123,10 @@ class PlanExecutor(FixedSpecs):
         backends: Mapping[str, Backend],
         threads: int = 1,
         attempts: int = DEFAULT_ATTEMPTS,
+        exclusive: bool = False,
     ) -> None:
+        """``exclusive``: this model is the only one on the device; a plan of one segment then lets its
+        runtime's threads spin (``BackendOptions.exclusive``), a plan of several never does."""
         if [m.segment for m in segment_models] != list(plan.segments):
             raise ModelError(f"{plan.model_path}: the segment models are not those of the plan; split it again")
         if attempts < 1:
@@ -133,9 +136,10 @@ class PlanExecutor(FixedSpecs):
         self.attempts = attempts
         self._sessions: list[Session] = []
         self._timings = [_Timing(m.segment) for m in self.parts]
+        options = BackendOptions(threads=threads, exclusive=exclusive and len(self.parts) == 1)
         try:
             for index, part in enumerate(self.parts):
-                self._sessions.append(_load(index, part, backends, threads))
+                self._sessions.append(_load(index, part, backends, options))
         except BaseException:
             self.close()
             raise
@@ -219,14 +223,14 @@ class PlanExecutor(FixedSpecs):
                 log.warning("closing a segment session failed: %s", exc)
 
 
-def _load(index: int, part: SegmentModel, backends: Mapping[str, Backend], threads: int) -> Session:
+def _load(index: int, part: SegmentModel, backends: Mapping[str, Backend], options: BackendOptions) -> Session:
     """Load one segment; any way its accelerator cannot take it is AcceleratorFailed."""
     name = part.segment.accelerator
     backend = backends.get(name)
     if backend is None:
         raise AcceleratorFailed(name, "no such accelerator on this device", index)
     try:
-        session = backend.load(part.path, BackendOptions(threads=threads))
+        session = backend.load(part.path, options)
     except AcceleratorError as exc:
         raise AcceleratorFailed(name, f"cannot load {part.path.name}: {exc}", index) from exc
     got_in = {s.name for s in session.inputs}

@@ -42,11 +42,13 @@ class FailoverExecutor:
         backends: Mapping[str, Backend],
         replan: Replan,
         threads: int = 1,
+        exclusive: bool = False,
         attempts: int = DEFAULT_ATTEMPTS,
     ) -> None:
         self._backends = backends
         self._replan = replan
         self._threads = threads
+        self._exclusive = exclusive
         self._attempts = attempts
         self._failed: dict[str, str] = {}
         self._lock = threading.RLock()
@@ -125,7 +127,7 @@ class FailoverExecutor:
                 raise ModelError(f"{plan.model_path}: the re-plan still uses failed accelerator(s) "
                                  f"{', '.join(reused)}; the replan callback must leave them out")  # fmt: skip
             try:
-                return PlanExecutor(plan, parts, self._backends, self._threads, self._attempts)
+                return PlanExecutor(plan, parts, self._backends, self._threads, self._attempts, self._exclusive)
             except AcceleratorFailed as exc:
                 self._mark(exc)
                 plan, parts = self._plan_without()

@@ -44,8 +44,13 @@ MAX_DRIFT_WINDOW = 64 * DRIFT_WINDOW
 class PlacedModel:
     """Stands in for a Session; ``accelerators``, ``degraded`` and ``failed`` describe where it runs."""
 
-    def __init__(self, cfg: ModelConfig, backends: Sequence[BackendConfig], state_dir: Path | None) -> None:
+    def __init__(
+        self, cfg: ModelConfig, backends: Sequence[BackendConfig], state_dir: Path | None, exclusive: bool = True
+    ) -> None:
+        """``exclusive``: this is the only model on the device, so a session that has the model to itself may
+        let its runtime's threads spin (``BackendOptions.exclusive``); False where several models share it."""
         self.cfg = cfg
+        self._exclusive = exclusive
         self._configs = tuple(backends)
         self._state_dir = state_dir
         self.plan: Plan | None = None
@@ -78,7 +83,7 @@ class PlacedModel:
         backend = select(
             cfg.path, cfg.backend if cfg.backend != "auto" else next(iter(backends), "auto"), configs=self._configs
         )
-        self._direct = backend.load(cfg.path, BackendOptions(threads=cfg.threads))
+        self._direct = backend.load(cfg.path, BackendOptions(threads=cfg.threads, exclusive=self._exclusive))
         self._direct_name = backend.name
 
     def _open_planned(self, backends: Mapping[str, Backend]) -> None:
@@ -86,7 +91,9 @@ class PlacedModel:
 
         plan, parts = self._plan(set(), use_cache=True)
         self.plan = plan
-        self._executor = FailoverExecutor(plan, parts, backends, self._replan, threads=self.cfg.threads)
+        self._executor = FailoverExecutor(
+            plan, parts, backends, self._replan, threads=self.cfg.threads, exclusive=self._exclusive
+        )
         log.info(
             "%s placed on %s: %d segment(s), %.2f ms predicted",
             Path(plan.model_path).name,
