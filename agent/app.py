@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -15,7 +17,10 @@ from agent.config import Config
 from agent.errors import AgentError
 from agent.mqtt.link import MqttLink
 from agent.mqtt.topics import Topics
-from agent.pipeline import LoadedModel, Pipeline
+from agent.ota.serving import load_serving
+from agent.ota.store import ReleaseStore
+from agent.ota.updater import Updater
+from agent.pipeline import Pipeline
 from agent.state import SeqAllocator, resolve_state_dir
 
 log = logging.getLogger(__name__)
@@ -26,6 +31,7 @@ class Agent:
         self.config = config
         self.topics = Topics(config.mqtt.prefix, config.agent.device_id)
         self.pipelines: list[Pipeline] = []
+        self.updater: Updater | None = None
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._started = time.monotonic()
@@ -40,14 +46,16 @@ class Agent:
         state_dir = resolve_state_dir(self.config.agent.state_dir)
         # loading models is blocking work; errors here are the user's to fix (exit 2 via the CLI)
         backends = self.config.backend_configs
+        store = ReleaseStore(state_dir / "ota")
         models = await asyncio.gather(
-            *(asyncio.to_thread(LoadedModel, p, backends, state_dir) for p in self.config.pipelines)
+            *(asyncio.to_thread(load_serving, p, backends, state_dir, store) for p in self.config.pipelines)
         )
         self.pipelines = [
             Pipeline(p, m, self.topics, SeqAllocator(state_dir, p.name))
             for p, m in zip(self.config.pipelines, models, strict=True)
         ]
         link = MqttLink(self.config.mqtt, self.topics, loop)
+        updater = self._updater(link, state_dir) if self.config.ota.enabled else None
         link.start()
         for p in self.pipelines:
             log.info(
@@ -74,9 +82,12 @@ class Agent:
                 ]
                 stats = tg.create_task(self._report_stats(), name="stats")
                 stopper = tg.create_task(self._stop_on_request(), name="stop")
+                ota = tg.create_task(updater.run(), name="ota") if updater else None
                 await asyncio.wait(runs)
                 stats.cancel()
                 stopper.cancel()
+                if ota:
+                    ota.cancel()
         finally:
             await link.stop(timeout)
             self._log_stats("final")
@@ -86,6 +97,21 @@ class Agent:
         if failed and len(failed) == len(self.pipelines):
             raise failed[0].error or AgentError("every pipeline failed")
         return 0
+
+    def _updater(self, link: MqttLink, state_dir: Path) -> Updater:
+        """The OTA updater, checking on its interval and on pushes to the device's and the fleet's topics."""
+
+        def report(status: dict[str, Any]) -> None:
+            fut = link.publish(self.topics.ota_status, json.dumps(status).encode(), qos=1, retain=True)
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # a lost status is superseded
+
+        releases = {p.model.release for p in self.config.pipelines if p.model.release}
+        updater = Updater(self.config.ota, state_dir, releases, self.config.backend_configs, report)
+        updater.serve(self.pipelines)
+        for topic in filter(None, (self.topics.ota, self.config.ota.fleet_topic)):
+            link.subscribe(topic, lambda t, _payload: updater.trigger(f"message on {t}"))
+        self.updater = updater
+        return updater
 
     async def _stop_on_request(self) -> None:
         await self._stop.wait()

@@ -19,6 +19,8 @@ from typing import Any, NoReturn
 from agent import __version__
 from agent.config import DEMO_CONFIG_FILE, Config, default_config_file, json_schema, load_config
 from agent.errors import AgentError
+from agent.ota.release_cli import add_release_parser, run_release
+from agent.ota.update_cli import add_parsers as add_update_parsers
 
 log = logging.getLogger("agent")
 
@@ -66,6 +68,9 @@ def _build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="broker to start when none answers: mosquitto if installed, else built-in (default: %(default)s)",
     )
+
+    add_release_parser(sub)
+    add_update_parsers(sub, _config_arg)
 
     cfg = sub.add_parser("config", help="inspect and validate configuration", description="Configuration tools.")
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", parser_class=_Parser)
@@ -360,6 +365,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_update(args: argparse.Namespace) -> int:
+    from agent.ota.update_cli import cmd_update as update
+
+    config, _ = _load(args.config)
+    _setup_logging("warning")
+    return update(config, args.json)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from agent.ota.update_cli import cmd_status as status
+
+    config, _ = _load(args.config)
+    return status(config, args.json)
+
+
 COMMANDS = {
     "run": cmd_run,
     "demo": cmd_demo,
@@ -368,6 +388,9 @@ COMMANDS = {
     "profile": cmd_profile,
     "plan": cmd_plan,
     "bench": cmd_bench,
+    "release": run_release,
+    "update": cmd_update,
+    "status": cmd_status,
 }
 
 

@@ -15,27 +15,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from accelerators.base import BackendConfig
 from accelerators.registry import config_models
 from agent.errors import ConfigError
+from agent.ota.settings import OtaSection
+from agent.schema import NAME_PATTERN, Section
 
 ENV_PREFIX = "EDGE_AGENT_"
 ENV_CONFIG_FILE = "EDGE_AGENT_CONFIG"  # names the file; not a section override
 DEFAULT_CONFIG_FILE = Path("/etc/edge-agent/config.toml")
 DEMO_CONFIG_FILE = Path(__file__).parent / "demo" / "demo.toml"
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # safe as one MQTT topic level
-
 
 def _hostname_id() -> str:
     cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname().split(".")[0])[:64].strip("-.")
     return cleaned or "edge-device"
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class AgentSection(Section):
@@ -195,6 +191,12 @@ class ModelConfig(Section):
         "window of runs; 0 disables.",
     )
     threads: int = Field(1, ge=1, le=64, description="CPU threads for one inference.")
+    release: str | None = Field(
+        None,
+        pattern=NAME_PATTERN,
+        description="Follow the OTA release of this name (see [ota]): once one is installed it replaces path "
+        "(and its variants, and pre/post-processing where the release sets them); path stays the factory model.",
+    )
 
 
 class PipelineConfig(Section):
@@ -240,6 +242,7 @@ class Config(Section):
         f"use their defaults. Types: {', '.join(ACCELERATOR_TYPES)}.",
     )
     pipelines: list[PipelineConfig] = Field(min_length=1, description="What to run: source -> model -> MQTT.")
+    ota: OtaSection = Field(default_factory=OtaSection, description="Model updates over HTTPS (signed releases).")
 
     @property
     def backend_configs(self) -> tuple[BackendConfig, ...]:
@@ -409,7 +412,13 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     agent = config.agent
     if agent.state_dir is not None:
         agent = agent.model_copy(update={"state_dir": _resolve(agent.state_dir, base)})
-    return config.model_copy(update={"pipelines": pipelines, "agent": agent})
+    ota = config.ota
+    files = {k: _resolve(v, base) for k in ("ca_file", "client_cert", "client_key") if (v := getattr(ota, k))}
+    # a key given as a file (a PEM path) is resolved like every path; base64 key text is left as it is
+    keys = [str(_resolve(Path(k), base)) if k.endswith((".pub", ".pem")) or k.startswith(("/", ".", "~")) else k
+            for k in ota.keys]  # fmt: skip
+    ota = ota.model_copy(update={**files, "keys": keys})
+    return config.model_copy(update={"pipelines": pipelines, "agent": agent, "ota": ota})
 
 
 def check_config_files(config: Config, source: Path) -> None:

@@ -25,6 +25,7 @@ from agent.config import PipelineConfig
 from agent.errors import AgentError, ModelError, SourceError
 from agent.mqtt.link import MqttLink
 from agent.mqtt.topics import Topics
+from agent.runtime.health import ModelHealth
 from agent.runtime.placed import PlacedModel
 from agent.runtime.queues import Closed, StageQueue
 from agent.runtime.threads import run_in_thread
@@ -71,6 +72,7 @@ class Inferred:
     outputs: dict[str, np.ndarray]
     box: Letterbox
     inference_ms: float
+    model: LoadedModel  # the model that ran it (an OTA swap changes it between frames)
     accelerators: tuple[str, ...] = ()  # where this frame ran (a failover changes it between frames)
     failed: dict[str, str] | None = None  # accelerators that had failed by then, when degraded
 
@@ -92,15 +94,26 @@ class LoadedModel:
         self.input = self.session.inputs[0]
         self.pre = Preprocessor(cfg.preprocess, self.input)
         self.post: Postprocessor = build_postprocessor(cfg.postprocess, self.session.outputs)
-        self.name = cfg.model.name or cfg.model.path.name.split(".")[0]
+        self.name = cfg.model.name or cfg.model.release or cfg.model.path.name.split(".")[0]
+        self.version = cfg.model.version
+        self.health = ModelHealth()
 
     def infer(self, frame: Frame) -> Inferred:
         tensor, box = self.pre(frame)  # (1, H, W, C) or (1, C, H, W)
         t0 = time.perf_counter()
-        outputs = self.session.run({self.input.name: tensor})
+        try:
+            outputs = self.session.run({self.input.name: tensor})
+        except (InferenceError, AcceleratorError):
+            self.health.failed()
+            raise
         ms = (time.perf_counter() - t0) * 1000
+        if not self.health.ran(ms, outputs):
+            log.warning("%s version %s: an output holds NaN or infinity (%s)", self.name, self.version, frame.origin)
         failed = dict(self.session.failed) if self.session.degraded else None
-        return Inferred(frame, outputs, box, ms, self.session.accelerators, failed)
+        return Inferred(frame, outputs, box, ms, self, self.session.accelerators, failed)
+
+    def close(self) -> None:
+        self.session.close()
 
 
 def _iso(ts: float) -> str:
@@ -111,6 +124,7 @@ class Pipeline:
     def __init__(self, cfg: PipelineConfig, model: LoadedModel, topics: Topics, seq: SeqAllocator) -> None:
         self.cfg = cfg
         self.model = model
+        self._model_lock = threading.Lock()  # held for each inference: a swap happens between two frames
         self.topic = topics.result(cfg.name)
         self.seq = seq
         self.counters = Counters()
@@ -134,6 +148,14 @@ class Pipeline:
         snap["queue_depth"] = len(self.frames)
         snap["unacked_at_stop"] = self.counters.unacked_at_stop
         return snap
+
+    def swap_model(self, new: LoadedModel) -> LoadedModel:
+        """Serve ``new`` from the next frame on and return the model it replaces (still open: the caller
+        closes it, or swaps it back). Waits at most for the inference in progress; frames keep queueing."""
+        with self._model_lock:
+            old, self.model = self.model, new
+        log.info("pipeline %s: now serving %s version %s", self.name, new.name, new.version)
+        return old
 
     def stop(self) -> None:
         """Ask the source to stop; what is already queued is still inferred and published. Loop thread only."""
@@ -200,7 +222,8 @@ class Pipeline:
                 except Closed:
                     return
                 try:
-                    result = self.model.infer(frame)
+                    with self._model_lock:
+                        result = self.model.infer(frame)
                 except SourceError as exc:
                     self.counters.bad_inputs += 1
                     log.warning("pipeline %s: skipping input: %s", self.name, exc)
@@ -263,7 +286,7 @@ class Pipeline:
         """Post-process and serialise one result; None (counted, logged) if its outputs make no sense."""
         frame = result.frame
         try:
-            output = self.model.post(result.outputs, result.box)
+            output = result.model.post(result.outputs, result.box)
         except (ValueError, IndexError, KeyError) as exc:  # outputs of an unexpected shape
             self.counters.inference_errors += 1
             log.error("pipeline %s: post-processing failed for %s: %s", self.name, frame.origin, exc)
@@ -274,8 +297,8 @@ class Pipeline:
             "seq": self.seq.next(),
             "ts": _iso(done),
             "pipeline": self.name,
-            "model": self.model.name,
-            "version": self.cfg.model.version,
+            "model": result.model.name,
+            "version": result.model.version,
             "accelerators": list(result.accelerators),
             "latency_ms": round((done - frame.ts) * 1000, 3),
             "inference_ms": round(result.inference_ms, 3),

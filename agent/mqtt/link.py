@@ -4,7 +4,8 @@ paho runs its own network thread (``loop_start``), which is also the single reco
 retries the first connection and every lost one with exponential backoff between
 ``reconnect_min_s`` and ``reconnect_max_s``, and resends unacknowledged QoS 1 messages after each
 reconnect. paho's callbacks never touch agent state: they hand over to the event loop with
-``call_soon_threadsafe``, where publish futures are resolved.
+``call_soon_threadsafe``, where publish futures are resolved and incoming messages are dispatched to
+the handlers ``subscribe`` registered (subscriptions are renewed on every connection).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -27,6 +29,9 @@ log = logging.getLogger(__name__)
 
 ONLINE = b"online"
 OFFLINE = b"offline"
+MAX_INCOMING_BYTES = 64 * 1024  # larger incoming messages (commands, OTA pushes) are dropped with a warning
+
+Handler = Callable[[str, bytes], None]  # (topic, payload), called on the event loop
 
 
 class MqttLink:
@@ -42,6 +47,7 @@ class MqttLink:
         self._acks: list[tuple[int, ReasonCode]] = []
         self._acks_lock = threading.Lock()
         self._acks_scheduled = False
+        self._handlers: dict[str, tuple[Handler, int]] = {}
         client_id = cfg.client_id or f"edge-agent-{topics.device_id}"
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
         if cfg.username is not None:
@@ -56,11 +62,19 @@ class MqttLink:
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
+        self._client.on_message = self._on_message
 
     @property
     def pending(self) -> int:
         """Messages handed to the broker and not yet acknowledged."""
         return len(self._pending)
+
+    def subscribe(self, topic: str, handler: Handler, qos: int = 1) -> None:
+        """Call ``handler`` on the event loop for each message on ``topic`` (wildcards allowed); kept across
+        reconnections. Call on the event loop."""
+        self._handlers[topic] = (handler, qos)
+        if self.connected.is_set():
+            self._client.subscribe(topic, qos)
 
     def start(self) -> None:
         log.info("connecting to MQTT broker %s:%d", self.cfg.host, self.cfg.port)
@@ -115,6 +129,8 @@ class MqttLink:
             self._note_error(f"broker refused the connection: {reason}")
             return
         client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
+        for topic, (_, qos) in list(self._handlers.items()):
+            client.subscribe(topic, qos)
         self._to_loop(self._set_connected, True)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
@@ -134,6 +150,9 @@ class MqttLink:
             self._acks_scheduled = True
         self._to_loop(self._drain_acks)
 
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self._to_loop(self._dispatch, message.topic, bytes(message.payload))
+
     def _note_error(self, text: str) -> None:
         # log a repeated failure once, not at every retry
         if text != self._last_error:
@@ -150,6 +169,19 @@ class MqttLink:
             log.info("connected to MQTT broker %s:%d", self.cfg.host, self.cfg.port)
         else:
             self.connected.clear()
+
+    def _dispatch(self, topic: str, payload: bytes) -> None:
+        if len(payload) > MAX_INCOMING_BYTES:
+            log.warning(
+                "ignoring a %d-byte message on %s: larger than %d bytes", len(payload), topic, MAX_INCOMING_BYTES
+            )
+            return
+        for pattern, (handler, _) in list(self._handlers.items()):
+            if mqtt.topic_matches_sub(pattern, topic):
+                try:
+                    handler(topic, payload)
+                except Exception:  # a handler's bug must not take the connection down with it
+                    log.exception("handling a message on %s failed", topic)
 
     def _drain_acks(self) -> None:
         with self._acks_lock:
