@@ -20,11 +20,13 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from accelerators.base import BackendConfig
 from accelerators.registry import config_models
 from agent.errors import ConfigError
+from agent.ota.faults import CRASH_ENV
 from agent.ota.settings import OtaSection
 from agent.schema import NAME_PATTERN, Section
 
 ENV_PREFIX = "EDGE_AGENT_"
 ENV_CONFIG_FILE = "EDGE_AGENT_CONFIG"  # names the file; not a section override
+ENV_NOT_OVERRIDES = frozenset({ENV_CONFIG_FILE, CRASH_ENV})  # the OTA fault-injection switch is no setting either
 DEFAULT_CONFIG_FILE = Path("/etc/edge-agent/config.toml")
 DEMO_CONFIG_FILE = Path(__file__).parent / "demo" / "demo.toml"
 
@@ -313,7 +315,7 @@ def apply_env_overrides(data: dict[str, Any], env: Mapping[str, str]) -> dict[tu
     """
     applied: dict[tuple[str, ...], str] = {}
     for var in sorted(env):
-        if not var.startswith(ENV_PREFIX) or var == ENV_CONFIG_FILE:
+        if not var.startswith(ENV_PREFIX) or var in ENV_NOT_OVERRIDES:
             continue
         parts = [p.lower() for p in var[len(ENV_PREFIX) :].split("__")]
         if len(parts) < 2 or not all(parts):

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from accelerators.base import BackendConfig
 from agent.errors import AgentError, ConfigError, OtaError
 from agent.ota.apply import canary, release_pipeline
-from agent.ota.fetch import Fetcher, Tls, file_url
+from agent.ota.fetch import Fetcher, FetchError, Tls, file_url
 from agent.ota.manifest import Manifest, ManifestRejected, load_public_key, verify_manifest
 from agent.ota.settings import OtaSection
 from agent.ota.store import ReleaseStore
@@ -206,7 +206,10 @@ class Updater:
             if dest.is_file() and dest.stat().st_size == entry.size:
                 continue  # fetched and verified by an earlier attempt (the fetcher renames only verified files)
             url = file_url(self.cfg.manifest_url, file)
-            received += await asyncio.to_thread(fetcher.download, url, dest, entry.size, entry.sha256, progress)
+            try:
+                received += await asyncio.to_thread(fetcher.download, url, dest, entry.size, entry.sha256, progress)
+            except FetchError as exc:
+                raise FetchError(f"version {version}, {file}: {exc}", exc.kind) from exc
         self._set(state="installing", bytes=received)
         return await asyncio.to_thread(self.store.install, name, version, data)
 
