@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,7 +26,7 @@ from agent.pipeline import Pipeline
 from agent.sources.base import Frame
 from agent.sources.replay import read_file
 from agent.state import SeqAllocator
-from tests.conftest import write_config
+from tests.conftest import ROOT, write_config
 from tests.ota.https_server import Pki, ReleaseServer, make_pki
 from tests.ota.releases import (
     DIGITS_IMAGES,
@@ -256,3 +258,36 @@ def test_a_release_that_misbehaves_on_live_input_is_rolled_back(
     assert [s["state"] for s in device.statuses][-3:] == ["canary", "watching", "rolled-back"]
     assert device.pipeline.model is factory and classify(device, 4) == "4"
     assert device.store.current("digits") is None and 2 in device.store.rejected("digits")
+
+
+def test_update_from_the_command_line_shows_progress_and_stages_the_release(
+    device: Device, release_server: ReleaseServer, release_root: Path, keys: Any
+) -> None:
+    publish(release_root, 2, keys[0])
+    config = device.state.parent / "config.toml"
+    cli = [sys.executable, "-m", "agent"]
+
+    def edge_agent(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cli, *args], capture_output=True, text=True, cwd=ROOT, check=False)
+
+    done = edge_agent("update", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    assert "downloading digits version 2" in done.stderr and "staged digits version 2" in done.stderr
+    assert device.store.complete("digits", 2) and device.store.current("digits") is None  # staged, not in service
+    shown = edge_agent("status", "--config", str(config), "--json")
+    status = json.loads(shown.stdout)
+    assert status["pipelines"]["digits"] == {
+        "release": "digits", "version": "0", "factory": True, "previous": None, "rejected": {}
+    }  # fmt: skip
+    assert status["ota"]["state"] == "staged" and status["ota"]["version"] == 2
+    # the agent's next check finds it installed: canary and switch, nothing downloaded again
+    before = len(release_server.requests)
+    assert device.check()["state"] == "committed"
+    assert [r.path for r in release_server.requests[before:]] == ["manifest.json"]
+    shown = edge_agent("status", "--config", str(config))
+    assert "pipeline digits: release digits version 2" in shown.stdout and "committed" in shown.stdout
+    # a user error is one line and exit 2
+    broken = device.state.parent / "broken.toml"
+    broken.write_text(config.read_text().replace("[ota]\nenabled = true\n", "[ota]\nenabled = true\nbogus = 1\n"))
+    bad = edge_agent("update", "--config", str(broken))
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "bogus" in bad.stderr
