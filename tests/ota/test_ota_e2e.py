@@ -25,20 +25,21 @@ from tests.ota.releases import PIPELINE_TOML, publish
 DEVICE = "ota-dev"
 RESULTS = f"edge/{DEVICE}/digits/result"
 STATUS = f"edge/{DEVICE}/ota/status"
+FLEET = "edge/fleet/ota"
 
 
 def agent_config(tmp_path: Path, port: int, server: ReleaseServer, pki: Pki) -> tuple[Path, Any]:
     private, public = generate_keypair(tmp_path, "fleet")
     ota = (
         f'[ota]\nenabled = true\nmanifest_url = "{server.url("manifest.json")}"\nkeys = ["{public}"]\n'
-        f'ca_file = "{pki.ca_cert}"\ninterval_s = 0\nwatch_s = 1\n'
+        f'ca_file = "{pki.ca_cert}"\ninterval_s = 0\nwatch_s = 1\nfleet_topic = "{FLEET}"\n'
     )
     pipelines = PIPELINE_TOML.replace("rate_hz = 0", "rate_hz = 25")
     return write_config(tmp_path, port, pipelines + ota, device_id=DEVICE), load_private_key(private)
 
 
-def push(port: int) -> None:
-    publish_mqtt.single(f"edge/{DEVICE}/ota", b"{}", qos=1, hostname="127.0.0.1", port=port)
+def push(port: int, topic: str = f"edge/{DEVICE}/ota") -> None:
+    publish_mqtt.single(topic, b"{}", qos=1, hostname="127.0.0.1", port=port)
 
 
 def status_is(state: str) -> Any:
@@ -83,10 +84,16 @@ def test_a_pushed_release_serves_with_no_gap_in_seq(
     assert [b - a for a, b in itertools.pairwise(seqs)] == [1] * (len(seqs) - 1), "a result went missing"
     assert set(versions) == {"0", "2"} and versions == sorted(versions)  # one switch, never back
     assert committed["version"] == 2 and committed["installed"] == 2 and committed["bytes"] > 0
+    # a fleet-wide push reaches it too
+    publish(release_root, 3, key)
+    push(mosquitto.port, FLEET)
+    assert until(status_is("committed")).json()["version"] == 3
+    until(lambda m: m.topic == RESULTS and m.json()["version"] == "3")
+    assert [b - a for a, b in itertools.pairwise(seqs)] == [1] * (len(seqs) - 1), "a result went missing"
     assert agent.stop() == 0
     # the retained status tells a late subscriber what happened
     late = subscribe(mosquitto.port, STATUS).next()
-    assert late.retain and json.loads(late.payload)["state"] == "committed"
+    assert late.retain and json.loads(late.payload)["version"] == 3
 
 
 @pytest.mark.parametrize("point", ["download", "install-after-rename", "switch-after-replace"])

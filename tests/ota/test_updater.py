@@ -291,3 +291,43 @@ def test_update_from_the_command_line_shows_progress_and_stages_the_release(
     broken.write_text(config.read_text().replace("[ota]\nenabled = true\n", "[ota]\nenabled = true\nbogus = 1\n"))
     bad = edge_agent("update", "--config", str(broken))
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "bogus" in bad.stderr
+
+
+def test_on_a_schedule_the_updater_finds_a_release_by_itself(
+    tmp_path: Path, release_server: ReleaseServer, release_root: Path, keys: Any, pki: Pki
+) -> None:
+    device = make_device(tmp_path, release_server.url("manifest.json"), keys[1], pki.ca_cert)
+    updater = Updater(
+        device.config.ota.model_copy(update={"interval_s": 0.2}), device.state, {"digits"}, (), device.statuses.append
+    )
+    updater.serve([device.pipeline])
+
+    async def until_committed() -> int:
+        task = asyncio.create_task(updater.run())
+        try:
+            while updater.status.state != "committed":
+                if updater.checks == 2:  # the first check found nothing; now the release appears
+                    publish(release_root, 2, keys[0])
+                await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+        return updater.checks
+
+    assert asyncio.run(asyncio.wait_for(until_committed(), 60)) >= 3  # no push: found by the periodic check
+    assert device.pipeline.model.version == "2"
+
+
+def test_a_full_disk_fails_the_download_and_the_model_serves_on(
+    device: Device, release_server: ReleaseServer, release_root: Path, keys: Any
+) -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full")
+    publish(release_root, 2, keys[0])
+    staging = device.store.staging("digits", 2)
+    (staging / "model.onnx.part").symlink_to("/dev/full")  # every write there fails with ENOSPC
+    status = device.check()
+    assert status["state"] == "failed" and "model.onnx" in status["error"], status
+    assert "space" in status["error"] or "No space" in status["error"]
+    assert device.pipeline.model.version == "0" and classify(device, 8) == "8"
+    (staging / "model.onnx.part").unlink()
+    assert device.check()["state"] == "committed"
