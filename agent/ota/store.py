@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.errors import OtaError
+from agent.ota.disk import discard, fsync_path, makedirs_synced, point_link, remove
 from agent.ota.faults import crashpoint
 from agent.schema import NAME_PATTERN
 from agent.state import atomic_write
@@ -68,7 +69,7 @@ class ReleaseStore:
         """The folder downloads of this release go to (created); what is already there is kept for resume."""
         path = self._staging_dir(name, version)
         with self._writing():
-            _makedirs(path)
+            makedirs_synced(path)
         return path
 
     def current(self, name: str) -> int | None:
@@ -141,7 +142,7 @@ class ReleaseStore:
                     return dest
                 if version in (self.current(name), self.previous(name)):
                     raise OtaError(f"{dest} is in use but differs from the release; run the agent once to recover it")
-                _discard(dest)
+                discard(dest)
             if not stage.is_dir():
                 raise OtaError(f"{name} version {version}: nothing downloaded in {stage}; fetch the release first")
             problem = _first_problem(stage, files)
@@ -150,15 +151,15 @@ class ReleaseStore:
             atomic_write(stage / MANIFEST, manifest_bytes)
             for entry in stage.iterdir():
                 if entry.name not in files and entry.name != MANIFEST:
-                    _remove(entry)  # an old *.part or temp file must not ride along into the release
+                    remove(entry)  # an old *.part or temp file must not ride along into the release
             for file_name in files:
-                _fsync_path(stage / file_name)
-            _fsync_path(stage)
+                fsync_path(stage / file_name)
+            fsync_path(stage)
             crashpoint("install-before-rename")
-            _makedirs(dest.parent)
+            makedirs_synced(dest.parent)
             stage.rename(dest)
-            _fsync_path(dest.parent)
-            _fsync_path(stage.parent)
+            fsync_path(dest.parent)
+            fsync_path(stage.parent)
             crashpoint("install-after-rename")
         log.info("installed %s version %d in %s", name, version, dest)
         return dest
@@ -174,9 +175,9 @@ class ReleaseStore:
         with self._writing():
             # the journal first: a crash after current moved must find the trial recorded
             self._write_journal(name, version, old, "switched")
-            _point(releases / "previous", old)
+            point_link(releases / "previous", old)
             crashpoint("switch-before-replace")
-            _point(releases / "current", version)
+            point_link(releases / "current", version)
             crashpoint("switch-after-replace")
         log.info("%s: switched from %s to version %d (on trial)", name, _label(old), version)
 
@@ -205,9 +206,9 @@ class ReleaseStore:
         with self._writing():
             # rejected first: if the agent dies from here on, the bad version must not be tried again
             self.reject(name, bad, reason)
-            _point(releases / "current", target)
+            point_link(releases / "current", target)
             if self.previous(name) in (target, bad):
-                _point(releases / "previous", None)
+                point_link(releases / "previous", None)
             self._write_journal(name, bad, target, "rolled-back", reason)
             self._prune(name, {target, self.previous(name)})
         log.warning("%s: rolled back from version %d to %s: %s", name, bad, _label(target), reason)
@@ -218,7 +219,7 @@ class ReleaseStore:
         entries[_checked_version(version)] = reason
         data = json.dumps({str(v): entries[v] for v in sorted(entries)}, indent=1).encode()
         with self._writing():
-            _makedirs(self.root)
+            makedirs_synced(self.root)
             atomic_write(self._rejected_path(name), data)
 
     def recover(self, name: str) -> str | None:
@@ -231,14 +232,14 @@ class ReleaseStore:
             if os.path.lexists(releases / "current") and not self._usable(name, current):
                 previous = self.previous(name)
                 fallback = previous if previous != current and self._usable(name, previous) else None
-                _point(releases / "current", fallback)
+                point_link(releases / "current", fallback)
                 what = "an unreadable link" if current is None else f"missing or incomplete version {current}"
                 done.append(f"current pointed at {what}, now {_label(fallback)}")
             previous = self.previous(name)
             if os.path.lexists(releases / "previous") and (
                 previous == self.current(name) or not self._usable(name, previous)
             ):
-                _point(releases / "previous", None)
+                point_link(releases / "previous", None)
             done.extend(self._finish_switch(name))
             stale = self._stale_staging(name)
             for path in stale:
@@ -306,7 +307,7 @@ class ReleaseStore:
         releases = self._releases(name)
         for entry in sorted(releases.iterdir()) if releases.is_dir() else []:
             if _VERSION.match(entry.name) and not entry.is_symlink() and int(entry.name) not in keep:
-                _discard(entry)
+                discard(entry)
                 log.info("%s: removed version %s", name, entry.name)
         for path in self._stale_staging(name):
             shutil.rmtree(path)
@@ -325,7 +326,7 @@ class ReleaseStore:
         entry: dict[str, object] = {"version": version, "from": frm, "step": step, "at": _now()}
         if reason is not None:
             entry["reason"] = reason
-        _makedirs(self.root)
+        makedirs_synced(self.root)
         atomic_write(self.root / f"journal-{name}.json", json.dumps(entry, indent=1).encode())
 
     def _releases(self, name: str) -> Path:
@@ -392,54 +393,6 @@ def _same_files(folder: Path, files: dict[str, tuple[int, str]]) -> bool:
         return _listed_files((folder / MANIFEST).read_bytes()) == files
     except (OSError, ValueError):
         return False
-
-
-def _point(link: Path, version: int | None) -> None:
-    """Move a symlink atomically (a temporary link renamed over it), or remove it."""
-    if version is None:
-        if os.path.lexists(link):
-            link.unlink()
-            _fsync_path(link.parent)
-        return
-    tmp = link.with_name(f".{link.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(str(version))
-    tmp.replace(link)
-    _fsync_path(link.parent)
-
-
-def _discard(folder: Path) -> None:
-    """Delete a release folder; renamed first, so no half-deleted folder ever sits under a version's name."""
-    hidden = folder.with_name(f".prune-{folder.name}")
-    if hidden.exists():
-        shutil.rmtree(hidden)
-    folder.rename(hidden)
-    _fsync_path(folder.parent)
-    shutil.rmtree(hidden)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
-
-
-def _makedirs(path: Path) -> None:
-    """mkdir -p, fsyncing each parent a folder is added to so the new folders survive a power cut."""
-    if path.is_dir():
-        return
-    _makedirs(path.parent)
-    path.mkdir(exist_ok=True)
-    _fsync_path(path.parent)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _checked_name(name: str) -> str:

@@ -122,6 +122,9 @@ class Updater:
             except AgentError as exc:
                 self._set(state="failed", error=str(exc))
                 log.error("OTA: %s", exc)
+            except Exception as exc:  # a bug here must not take the pipelines down with it
+                log.exception("OTA: the update failed unexpectedly")
+                self._set(state="failed", error=f"unexpected {type(exc).__name__}: {exc}")
             return self.status
 
     # ---- the steps ------------------------------------------------------------------------------
