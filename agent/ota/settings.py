@@ -42,7 +42,7 @@ class OtaSection(Section):
         2.0,
         gt=1,
         description="Canary: the new model's median latency on the reference input may be at most this times the "
-        "current model's (unless the release sets its own budget).",
+        "current model's, or the current's plus 2 ms if that is more (unless the release sets its own budget).",
     )
     watch_s: float = Field(
         30.0, ge=0, description="After the switch, how long live health (errors, NaN outputs, latency) is watched."
