@@ -200,7 +200,7 @@ def main() -> int:
         return 0
     print(
         f"push -> first result of the new version : {result['push_to_serving_s']:.2f} s "
-        f"(release of {result['release_bytes']:,} bytes, canary and watch included up to the switch)"
+        f"(release of {result['release_bytes']:,} bytes, download, checks and canary included)"
     )
     print(f"results lost in the swap (seq gaps)     : {result['results_lost_in_swap']}")
     print(f"frames dropped by the daemon (whole run): {result.get('frames_dropped', '?')}")
