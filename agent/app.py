@@ -17,7 +17,7 @@ from agent.config import Config
 from agent.errors import AgentError
 from agent.mqtt.link import MqttLink
 from agent.mqtt.topics import Topics
-from agent.ota.serving import load_serving
+from agent.ota.serving import load_serving, recover
 from agent.ota.store import ReleaseStore
 from agent.ota.updater import Updater
 from agent.pipeline import Pipeline
@@ -47,6 +47,7 @@ class Agent:
         # loading models is blocking work; errors here are the user's to fix (exit 2 via the CLI)
         backends = self.config.backend_configs
         store = ReleaseStore(state_dir / "ota")
+        await asyncio.to_thread(recover, store, self.config.pipelines)
         models = await asyncio.gather(
             *(asyncio.to_thread(load_serving, p, backends, state_dir, store) for p in self.config.pipelines)
         )

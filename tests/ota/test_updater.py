@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.config import Config, load_config
 from agent.mqtt.topics import Topics
 from agent.ota.manifest import generate_keypair, load_private_key
-from agent.ota.serving import load_serving
+from agent.ota.serving import load_serving, recover
 from agent.ota.store import ReleaseStore
 from agent.ota.updater import Updater
 from agent.pipeline import Pipeline
@@ -71,6 +71,7 @@ def make_device(tmp_path: Path, url: str, public: Path, ca: Path, watch_s: float
     state = tmp_path / "state"
     store = ReleaseStore(state / "ota")
     cfg = config.pipelines[0]
+    recover(store, config.pipelines)
     model = load_serving(cfg, (), state, store)
     pipeline = Pipeline(cfg, model, Topics("edge", "dev"), SeqAllocator(state, cfg.name))
     statuses: list[dict[str, Any]] = []
@@ -331,3 +332,17 @@ def test_a_full_disk_fails_the_download_and_the_model_serves_on(
     assert device.pipeline.model.version == "0" and classify(device, 8) == "8"
     (staging / "model.onnx.part").unlink()
     assert device.check()["state"] == "committed"
+
+
+def test_an_installed_release_that_no_longer_loads_is_rolled_back_at_start(
+    device: Device, release_server: ReleaseServer, release_root: Path, keys: Any, pki: Pki
+) -> None:
+    publish(release_root, 2, keys[0])
+    assert device.check()["state"] == "committed"
+    folder = device.store.current_dir("digits")
+    assert folder is not None
+    model = folder / "model.onnx"
+    model.write_bytes(b"\x08" * model.stat().st_size)  # garbage of the same size: only loading finds it
+    restarted = make_device(device.state.parent, release_server.url("manifest.json"), keys[1], pki.ca_cert)
+    assert restarted.pipeline.model.version == "0" and classify(restarted, 6) == "6"  # the factory model
+    assert restarted.store.current("digits") is None and "does not load" in restarted.store.rejected("digits")[2]
