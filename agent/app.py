@@ -110,7 +110,7 @@ class Agent:
         updater = Updater(self.config.ota, state_dir, releases, self.config.backend_configs, report)
         updater.serve(self.pipelines)
         for topic in filter(None, (self.topics.ota, self.config.ota.fleet_topic)):
-            link.subscribe(topic, lambda t, _payload: updater.trigger(f"message on {t}"))
+            link.subscribe(topic, lambda t, _payload, _props: updater.trigger(f"message on {t}"))
         self.updater = updater
         return updater
 

@@ -20,6 +20,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from accelerators.base import BackendConfig
 from accelerators.registry import config_models
 from agent.errors import ConfigError
+from agent.mqtt.settings import MqttSection
 from agent.ota.faults import CRASH_ENV
 from agent.ota.settings import OtaSection
 from agent.schema import NAME_PATTERN, Section
@@ -55,28 +56,6 @@ class AgentSection(Section):
     shutdown_timeout_s: float = Field(
         5.0, gt=0, le=60, description="On SIGTERM, how long in-flight results may take to be acknowledged."
     )
-
-
-class MqttSection(Section):
-    host: str = Field("localhost", min_length=1, description="Broker host name or address.")
-    port: int = Field(1883, ge=1, le=65535, description="Broker TCP port.")
-    prefix: str = Field("edge", pattern=r"^[^#+\s]+$", description="First level of every topic.")
-    qos: Literal[0, 1] = Field(1, description="QoS of result messages; 1 = counted only once acknowledged.")
-    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive interval.")
-    client_id: str | None = Field(None, description="MQTT client id; default edge-agent-<device_id>.")
-    username: str | None = Field(None, description="Broker user name, if the broker requires one.")
-    password: str | None = Field(None, description="Broker password (prefer the environment override).")
-    reconnect_min_s: float = Field(1.0, gt=0, description="First delay before reconnecting to the broker.")
-    reconnect_max_s: float = Field(30.0, gt=0, description="Longest delay between reconnect attempts.")
-    max_inflight: int = Field(
-        256, ge=1, le=65535, description="Results published but not yet acknowledged before publishing waits."
-    )
-
-    @model_validator(mode="after")
-    def _backoff_order(self) -> MqttSection:
-        if self.reconnect_max_s < self.reconnect_min_s:
-            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
-        return self
 
 
 class ReplaySource(Section):

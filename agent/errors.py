@@ -34,7 +34,12 @@ class SourceError(AgentError):
 
 
 class PublishError(AgentError):
-    """A message could not be delivered to the broker."""
+    """A message could not be delivered to the broker; ``refused``: the broker answered it with a failure
+    reason code (MQTT 5), as opposed to the connection being away."""
+
+    def __init__(self, message: str, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 class OtaError(AgentError):

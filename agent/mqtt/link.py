@@ -1,9 +1,14 @@
 """The agent's one MQTT connection (paho-mqtt 2), bridged to asyncio.
 
-paho runs its own network thread (``loop_start``), which is also the single reconnect mechanism: it
-retries the first connection and every lost one with exponential backoff between
-``reconnect_min_s`` and ``reconnect_max_s``, and resends unacknowledged QoS 1 messages after each
-reconnect. paho's callbacks never touch agent state: they hand over to the event loop with
+One network thread owns the connection and is the single reconnect mechanism: it connects, runs
+paho's loop while the connection lasts, and after a failure or a lost connection waits a jittered,
+exponentially growing delay (``reconnect_min_s`` doubling up to ``reconnect_max_s``, each wait drawn
+from its upper half, so that a fleet that lost its broker together does not come back in step) before
+connecting again. MQTT 5 by default (3.1.1 on request), TLS with the broker's certificate always
+verified, and a persistent session (``session_expiry_s``) so that subscriptions and commands queued
+for the device survive a disconnect; unacknowledged QoS 1 messages are resent after each reconnect.
+
+paho's callbacks never touch agent state: they hand over to the event loop with
 ``call_soon_threadsafe``, where publish futures are resolved and incoming messages are dispatched to
 the handlers ``subscribe`` registered (subscriptions are renewed on every connection).
 """
@@ -13,16 +18,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+import ssl
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.config import MqttSection
-from agent.errors import PublishError
+from agent.errors import ConfigError, PublishError
+from agent.mqtt.settings import MqttSection
 from agent.mqtt.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -30,8 +40,28 @@ log = logging.getLogger(__name__)
 ONLINE = b"online"
 OFFLINE = b"offline"
 MAX_INCOMING_BYTES = 64 * 1024  # larger incoming messages (commands, OTA pushes) are dropped with a warning
+LOOP_TIMEOUT_S = 1.0  # how long one pass of paho's loop may wait for the socket
 
-Handler = Callable[[str, bytes], None]  # (topic, payload), called on the event loop
+
+@dataclass(frozen=True)
+class Incoming:
+    """An incoming message's MQTT 5 request/response properties (None under 3.1.1 or when absent)."""
+
+    response_topic: str | None = None
+    correlation: bytes | None = None
+
+
+Handler = Callable[[str, bytes, Incoming], None]  # (topic, payload, properties), called on the event loop
+
+
+def backoff_delays(first: float, longest: float, rng: random.Random | None = None) -> Any:
+    """Waits between reconnect attempts: the bound doubles from ``first`` to ``longest``; each wait is drawn
+    from the upper half of the bound ("equal jitter"), so it never drops to zero and a fleet spreads out."""
+    rng = rng or random.Random()
+    bound = first
+    while True:
+        yield rng.uniform(bound / 2, bound)
+        bound = min(bound * 2, longest)
 
 
 class MqttLink:
@@ -44,22 +74,32 @@ class MqttLink:
         self.connections = 0
         self._last_error = ""
         self._stopping = threading.Event()
+        self._up = threading.Event()  # the network thread's view: a CONNACK accepted this connection
         self._acks: list[tuple[int, ReasonCode]] = []
         self._acks_lock = threading.Lock()
         self._acks_scheduled = False
         self._handlers: dict[str, tuple[Handler, int]] = {}
+        self._thread: threading.Thread | None = None
+        self._v5 = cfg.protocol == "5"
         client_id = cfg.client_id or f"edge-agent-{topics.device_id}"
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+        if self._v5:
+            self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        else:  # a persistent session under 3.1.1 is clean_session = False
+            self._client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=client_id,
+                protocol=mqtt.MQTTv311,
+                clean_session=cfg.session_expiry_s == 0,
+            )
         if cfg.username is not None:
             self._client.username_pw_set(cfg.username, cfg.password)
+        if cfg.tls:
+            self._client.tls_set_context(_tls_context(cfg))  # verification on; never tls_insecure_set
         self._client.will_set(topics.availability, OFFLINE, qos=1, retain=True)
-        self._client.reconnect_delay_set(
-            min_delay=max(1, round(cfg.reconnect_min_s)), max_delay=round(cfg.reconnect_max_s)
-        )
         # paho's own in-flight window; the agent bounds what it hands over with max_inflight
         self._client.max_inflight_messages_set(min(cfg.max_inflight, 100))
+        self._client.max_queued_messages_set(0)  # unbounded here: the agent's own window bounds it
         self._client.on_connect = self._on_connect
-        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
         self._client.on_message = self._on_message
@@ -77,18 +117,25 @@ class MqttLink:
             self._client.subscribe(topic, qos)
 
     def start(self) -> None:
-        log.info("connecting to MQTT broker %s:%d", self.cfg.host, self.cfg.port)
-        self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
-        self._client.loop_start()
+        log.info("connecting to MQTT broker %s:%d (MQTT %s%s)", self.cfg.host, self.cfg.port, self.cfg.protocol,
+                 ", TLS" if self.cfg.tls else "")  # fmt: skip
+        self._thread = threading.Thread(target=self._network, name="mqtt", daemon=True)
+        self._thread.start()
 
-    def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> asyncio.Future[None]:
+    def publish(
+        self, topic: str, payload: bytes, qos: int, retain: bool = False, correlation: bytes | None = None
+    ) -> asyncio.Future[None]:
         """Queue a message; the future completes when the broker acknowledged it (QoS 1) or it was sent (QoS 0).
 
         Must be called on the event loop. While the broker is away paho keeps the message and sends it
-        after reconnecting.
+        after reconnecting. ``correlation``: MQTT 5 correlation data (replies to requests).
         """
         fut: asyncio.Future[None] = self._loop.create_future()
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        props = None
+        if correlation is not None and self._v5:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.CorrelationData = correlation
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             fut.set_exception(PublishError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}"))
             return fut
@@ -100,14 +147,14 @@ class MqttLink:
         return fut
 
     async def stop(self, timeout: float) -> None:
-        """Publish 'offline' (retained), wait for it briefly, disconnect cleanly and stop paho's thread."""
-        self._stopping.set()
+        """Publish 'offline' (retained), wait for it briefly, disconnect cleanly and stop the network thread."""
         if self.connected.is_set():
             fut = self.publish(self.topics.availability, OFFLINE, qos=1, retain=True)
             try:
                 await asyncio.wait_for(fut, timeout)
             except (TimeoutError, PublishError) as exc:
                 log.warning("could not publish 'offline' before stopping: %s", exc or "timed out")
+        self._stopping.set()
         await asyncio.to_thread(self._disconnect)
         for fut in self._pending.values():
             if not fut.done():
@@ -115,10 +162,48 @@ class MqttLink:
         self._pending.clear()
 
     def _disconnect(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        with contextlib.suppress(Exception):
+            self._client.disconnect()
+        if self._thread is not None:
+            self._thread.join(LOOP_TIMEOUT_S * 5)
 
-    # ---- paho's network thread ------------------------------------------------------------------
+    # ---- the network thread ---------------------------------------------------------------------
+
+    def _network(self) -> None:
+        delays = backoff_delays(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
+        first = True
+        while not self._stopping.is_set():
+            try:
+                self._connect(first)
+                first = False
+                rc = mqtt.MQTT_ERR_SUCCESS
+                while rc == mqtt.MQTT_ERR_SUCCESS and not self._stopping.is_set():
+                    rc = self._client.loop(timeout=LOOP_TIMEOUT_S)
+                    if self._up.is_set():  # a connection accepted: the next failure starts the backoff afresh
+                        delays = backoff_delays(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                self._note_error(f"cannot reach MQTT broker {self.cfg.host}:{self.cfg.port} ({exc}); retrying with "
+                                 "backoff")  # fmt: skip
+            if self._up.is_set():
+                self._up.clear()
+                self._to_loop(self._set_connected, False)
+            if self._stopping.wait(next(delays)):
+                break
+        with contextlib.suppress(Exception):
+            self._client.loop(timeout=0.1)  # let a DISCONNECT go out
+
+    def _connect(self, first: bool) -> None:
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = self.cfg.session_expiry_s
+            self._client.connect(
+                self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s,
+                clean_start=self.cfg.session_expiry_s == 0 if first else False, properties=props,
+            )  # fmt: skip
+        elif first:
+            self._client.connect(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        else:
+            self._client.reconnect()
 
     def _to_loop(self, fn: Any, *args: Any) -> None:
         with contextlib.suppress(RuntimeError):  # the loop has closed during shutdown
@@ -128,16 +213,13 @@ class MqttLink:
         if reason.is_failure:
             self._note_error(f"broker refused the connection: {reason}")
             return
+        self._up.set()
         client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
         for topic, (_, qos) in list(self._handlers.items()):
             client.subscribe(topic, qos)
         self._to_loop(self._set_connected, True)
 
-    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        self._note_error(f"cannot reach MQTT broker {self.cfg.host}:{self.cfg.port}; retrying with backoff")
-
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
-        self._to_loop(self._set_connected, False)
         if not self._stopping.is_set():
             self._note_error(f"lost the MQTT broker connection ({reason}); reconnecting")
 
@@ -151,7 +233,12 @@ class MqttLink:
         self._to_loop(self._drain_acks)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._to_loop(self._dispatch, message.topic, bytes(message.payload))
+        props = getattr(message, "properties", None)
+        incoming = Incoming(
+            getattr(props, "ResponseTopic", None) if props is not None else None,
+            getattr(props, "CorrelationData", None) if props is not None else None,
+        )
+        self._to_loop(self._dispatch, message.topic, bytes(message.payload), incoming)
 
     def _note_error(self, text: str) -> None:
         # log a repeated failure once, not at every retry
@@ -170,7 +257,7 @@ class MqttLink:
         else:
             self.connected.clear()
 
-    def _dispatch(self, topic: str, payload: bytes) -> None:
+    def _dispatch(self, topic: str, payload: bytes, incoming: Incoming) -> None:
         if len(payload) > MAX_INCOMING_BYTES:
             log.warning(
                 "ignoring a %d-byte message on %s: larger than %d bytes", len(payload), topic, MAX_INCOMING_BYTES
@@ -179,7 +266,7 @@ class MqttLink:
         for pattern, (handler, _) in list(self._handlers.items()):
             if mqtt.topic_matches_sub(pattern, topic):
                 try:
-                    handler(topic, payload)
+                    handler(topic, payload, incoming)
                 except Exception:  # a handler's bug must not take the connection down with it
                     log.exception("handling a message on %s failed", topic)
 
@@ -192,6 +279,16 @@ class MqttLink:
             if fut is None or fut.done():
                 continue
             if reason.is_failure:
-                fut.set_exception(PublishError(f"broker refused the message: {reason}"))
+                fut.set_exception(PublishError(f"broker refused the message: {reason}", refused=True))
             else:
                 fut.set_result(None)
+
+
+def _tls_context(cfg: MqttSection) -> ssl.SSLContext:
+    try:
+        context = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+        if cfg.client_cert is not None:
+            context.load_cert_chain(cfg.client_cert, cfg.client_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"mqtt TLS: cannot load {cfg.ca_file or ''} {cfg.client_cert or ''}: {exc}") from exc
+    return context
