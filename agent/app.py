@@ -13,9 +13,14 @@ from typing import Any
 
 import psutil
 
+from agent import __version__
 from agent.config import Config
+from agent.control import Control
 from agent.errors import AgentError
+from agent.mqtt.homeassistant import discovery_messages
 from agent.mqtt.link import MqttLink
+from agent.mqtt.outbox import Outbox, outbox_path
+from agent.mqtt.sender import OutboxSender
 from agent.mqtt.topics import Topics
 from agent.ota.serving import load_serving, recover
 from agent.ota.store import ReleaseStore
@@ -32,9 +37,13 @@ class Agent:
         self.topics = Topics(config.mqtt.prefix, config.agent.device_id)
         self.pipelines: list[Pipeline] = []
         self.updater: Updater | None = None
+        self.sender: OutboxSender | None = None
+        self.control: Control | None = None
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
-        self._started = time.monotonic()
+        self.started = time.monotonic()
+        self._tasks: dict[str, asyncio.Future[None]] = {}
+        self._tg: asyncio.TaskGroup | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -43,21 +52,17 @@ class Agent:
         """Serve until SIGTERM/SIGINT or until every pipeline's source has ended. Returns the exit code."""
         loop = asyncio.get_running_loop()
         self._install_signals(loop)
-        state_dir = resolve_state_dir(self.config.agent.state_dir)
-        # loading models is blocking work; errors here are the user's to fix (exit 2 via the CLI)
-        backends = self.config.backend_configs
-        store = ReleaseStore(state_dir / "ota")
-        await asyncio.to_thread(recover, store, self.config.pipelines)
-        models = await asyncio.gather(
-            *(asyncio.to_thread(load_serving, p, backends, state_dir, store) for p in self.config.pipelines)
-        )
-        self.pipelines = [
-            Pipeline(p, m, self.topics, SeqAllocator(state_dir, p.name))
-            for p, m in zip(self.config.pipelines, models, strict=True)
-        ]
+        self.state_dir = state_dir = resolve_state_dir(self.config.agent.state_dir)
+        outbox = await self._load(state_dir)
         link = MqttLink(self.config.mqtt, self.topics, loop)
+        self.sender = sender = OutboxSender(outbox, link, self.config.mqtt.max_inflight, self._delivered)
+        self.control = control = Control(self, link)
+        if self.config.mqtt.commands:
+            control.listen()
         updater = self._updater(link, state_dir) if self.config.ota.enabled else None
+        metrics = self._metrics(control)
         link.start()
+        self._announce(link)
         for p in self.pipelines:
             log.info(
                 "pipeline %s: %s on %s -> %s",
@@ -69,28 +74,40 @@ class Agent:
         log.info(
             "ready %.0f ms after process start (models loaded in %.0f ms, pid %d)",
             (time.time() - psutil.Process().create_time()) * 1000,
-            (time.monotonic() - self._started) * 1000,
+            (time.monotonic() - self.started) * 1000,
             os.getpid(),
         )
         self.ready.set()
-        mqtt = self.config.mqtt
         timeout = self.config.agent.shutdown_timeout_s
         try:
             async with asyncio.TaskGroup() as tg:
-                runs = [
-                    tg.create_task(p.run(link, mqtt.qos, mqtt.max_inflight, timeout), name=f"pipeline:{p.name}")
-                    for p in self.pipelines
+                self._tg = tg
+                for p in self.pipelines:
+                    self._start(p)
+                side = [
+                    tg.create_task(sender.run(), name="outbox"),
+                    tg.create_task(self._report_stats(), name="stats"),
+                    tg.create_task(self._stop_on_request(), name="stop"),
                 ]
-                stats = tg.create_task(self._report_stats(), name="stats")
-                stopper = tg.create_task(self._stop_on_request(), name="stop")
-                ota = tg.create_task(updater.run(), name="ota") if updater else None
-                await asyncio.wait(runs)
-                stats.cancel()
-                stopper.cancel()
-                if ota:
-                    ota.cancel()
+                if updater:
+                    side.append(tg.create_task(updater.run(), name="ota"))
+                if self.config.telemetry.interval_s > 0:
+                    side.append(tg.create_task(control.publish_telemetry(self.config.telemetry.interval_s)))
+                # restart-pipeline replaces a pipeline's task: wait until none is left running
+                while running := [t for t in self._tasks.values() if not t.done()]:
+                    await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                left = await sender.drain(timeout)
+                if left:
+                    log.warning("%d result(s) not yet acknowledged stay in the outbox for the next start", left)
+                for p in self.pipelines:
+                    p.counters.unacked_at_stop = left
+                for task in side:
+                    task.cancel()
         finally:
             await link.stop(timeout)
+            await asyncio.to_thread(outbox.close)
+            if metrics is not None:
+                metrics.close()
             self._log_stats("final")
         failed = [p for p in self.pipelines if p.error is not None]
         for p in failed:
@@ -98,6 +115,84 @@ class Agent:
         if failed and len(failed) == len(self.pipelines):
             raise failed[0].error or AgentError("every pipeline failed")
         return 0
+
+    async def _load(self, state_dir: Path) -> Outbox:
+        """Models (after the release store recovered from any crash), pipelines, and the outbox."""
+        # loading models is blocking work; errors here are the user's to fix (exit 2 via the CLI)
+        backends = self.config.backend_configs
+        self.store = ReleaseStore(state_dir / "ota")
+        await asyncio.to_thread(recover, self.store, self.config.pipelines)
+        models = await asyncio.gather(
+            *(asyncio.to_thread(load_serving, p, backends, state_dir, self.store) for p in self.config.pipelines)
+        )
+        self.pipelines = [
+            Pipeline(p, m, self.topics, SeqAllocator(state_dir, p.name))
+            for p, m in zip(self.config.pipelines, models, strict=True)
+        ]
+        outbox = await asyncio.to_thread(Outbox, outbox_path(self.config.outbox, state_dir), self.config.outbox)
+        left = outbox.mark_restart()
+        if left:
+            log.warning("%d result(s) from before the last stop are still undelivered; sending them first", left)
+        return outbox
+
+    def _start(self, p: Pipeline) -> None:
+        assert self._tg is not None and self.sender is not None
+        qos, timeout = self.config.mqtt.qos, self.config.agent.shutdown_timeout_s
+        self._tasks[p.name] = self._tg.create_task(p.run(self.sender, qos, timeout), name=f"pipeline:{p.name}")
+
+    async def restart_pipeline(self, name: str) -> None:
+        """Stop a pipeline (its queued frames are still inferred and stored), then start it afresh: its source
+        from the beginning, and its model loaded again if the pipeline had failed."""
+        index = next(i for i, p in enumerate(self.pipelines) if p.name == name)
+        old = self.pipelines[index]
+        # the run loop waits on this stand-in meanwhile, so it never sees the pipeline as finished for good
+        running, standin = self._tasks[name], asyncio.get_running_loop().create_future()
+        self._tasks[name] = standin
+        try:
+            old.stop()
+            await asyncio.wait({running})
+            model = old.model
+            if old.error is not None:
+                model = await asyncio.to_thread(
+                    load_serving, old.cfg, self.config.backend_configs, self.state_dir, self.store
+                )
+            fresh = Pipeline(old.cfg, model, self.topics, old.seq)
+            fresh.source.rate_hz = old.source.rate_hz
+            self.pipelines[index] = fresh
+            if self.updater is not None:
+                self.updater.serve([fresh], replace=old)
+            if not self._stop.is_set():
+                self._start(fresh)
+        finally:
+            standin.set_result(None)  # a failed restart leaves the pipeline stopped; the reply says why
+        log.info("pipeline %s restarted", name)
+
+    def _delivered(self, topic: str) -> None:
+        for p in self.pipelines:
+            if p.topic == topic:
+                p.counters.published += 1
+                return
+
+    def _announce(self, link: MqttLink) -> None:
+        """Home Assistant discovery (retained), when asked for."""
+        tele = self.config.telemetry
+        if not tele.homeassistant:
+            return
+        kinds = {p.name: p.postprocess.type for p in self.config.pipelines}
+        names = [p.name for p in self.config.pipelines]
+        for topic, payload in discovery_messages(
+            self.topics, self.topics.device_id, names, __version__, tele.discovery_prefix, kinds=kinds
+        ):
+            fut = link.publish(topic, payload, qos=1, retain=True)
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    def _metrics(self, control: Control) -> Any:
+        port = self.config.telemetry.prometheus_port
+        if port is None:
+            return None
+        from agent.metrics import start_metrics_server
+
+        return start_metrics_server(self.config.telemetry.prometheus_host, port, control.telemetry)
 
     def _updater(self, link: MqttLink, state_dir: Path) -> Updater:
         """The OTA updater, checking on its interval and on pushes to the device's and the fleet's topics."""
@@ -117,7 +212,7 @@ class Agent:
     async def _stop_on_request(self) -> None:
         await self._stop.wait()
         log.info("stopping: finishing queued frames and waiting for acknowledgements")
-        for p in self.pipelines:
+        for p in list(self.pipelines):
             p.stop()
 
     async def _report_stats(self) -> None:

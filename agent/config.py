@@ -20,10 +20,12 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from accelerators.base import BackendConfig
 from accelerators.registry import config_models
 from agent.errors import ConfigError
+from agent.mqtt.outbox import OutboxSettings
 from agent.mqtt.settings import MqttSection
 from agent.ota.faults import CRASH_ENV
 from agent.ota.settings import OtaSection
 from agent.schema import NAME_PATTERN, Section
+from agent.telemetry_settings import TelemetrySection
 
 ENV_PREFIX = "EDGE_AGENT_"
 ENV_CONFIG_FILE = "EDGE_AGENT_CONFIG"  # names the file; not a section override
@@ -224,6 +226,12 @@ class Config(Section):
     )
     pipelines: list[PipelineConfig] = Field(min_length=1, description="What to run: source -> model -> MQTT.")
     ota: OtaSection = Field(default_factory=OtaSection, description="Model updates over HTTPS (signed releases).")
+    outbox: OutboxSettings = Field(
+        default_factory=OutboxSettings, description="The durable queue of results not yet acknowledged by the broker."
+    )
+    telemetry: TelemetrySection = Field(
+        default_factory=TelemetrySection, description="Health messages, Home Assistant discovery, Prometheus."
+    )
 
     @property
     def backend_configs(self) -> tuple[BackendConfig, ...]:

@@ -1,8 +1,10 @@
-"""One pipeline: source thread -> frame queue -> inference thread -> result queue -> MQTT publisher.
+"""One pipeline: source thread -> frame queue -> inference thread -> result queue -> durable outbox.
 
 The source and the inference worker are threads (blocking reads, and runtimes that release the GIL);
-the publisher is a coroutine on the agent's event loop. Frames beyond ``queue_size`` are dropped
-oldest-first and counted; results never are: the inference thread waits for the publisher instead.
+the publisher is a coroutine on the agent's event loop that writes results to the outbox (on disk) in
+bursts, from where the agent's ``OutboxSender`` delivers them. Frames beyond ``queue_size`` are
+dropped oldest-first and counted; results never are: the inference thread waits for the publisher
+instead.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from accelerators.base import BackendConfig
 from accelerators.errors import AcceleratorError, InferenceError
 from agent.config import PipelineConfig
 from agent.errors import AgentError, ModelError, SourceError
-from agent.mqtt.link import MqttLink
+from agent.mqtt.sender import OutboxSender
 from agent.mqtt.topics import Topics
 from agent.runtime.health import ModelHealth
 from agent.runtime.placed import PlacedModel
@@ -38,6 +40,7 @@ from agent.state import SeqAllocator
 log = logging.getLogger(__name__)
 
 MAX_CONSECUTIVE_ERRORS = 20
+OUTBOX_BURST = 256  # results written to the outbox in one transaction, at most
 
 
 @dataclass
@@ -46,9 +49,10 @@ class Counters:
     bad_inputs: int = 0  # inputs the model could not take (wrong tensor shape, ...)
     inferences: int = 0
     inference_errors: int = 0
+    stored: int = 0  # written to the outbox
     published: int = 0  # acknowledged by the broker
-    publish_failed: int = 0
-    unacked_at_stop: int = 0
+    publish_failed: int = 0  # refused by the broker
+    unacked_at_stop: int = 0  # left in the outbox at stop, for the next start
     inference_ms: list[float] = field(default_factory=list)
 
     def snapshot(self) -> dict[str, Any]:
@@ -58,6 +62,7 @@ class Counters:
             "bad_inputs": self.bad_inputs,
             "inferences": self.inferences,
             "inference_errors": self.inference_errors,
+            "stored": self.stored,
             "published": self.published,
             "publish_failed": self.publish_failed,
             "inference_ms_p50": round(float(np.percentile(recent, 50)), 3) if recent else None,
@@ -132,7 +137,6 @@ class Pipeline:
         self.results: StageQueue[Inferred] = StageQueue(max(cfg.queue_size, 16), "block")
         self._stop = threading.Event()
         self._stop_requested = asyncio.Event()
-        self._inflight: set[asyncio.Future[None]] = set()
         self.source = ReplayRunner(cfg.source, self._emit, self._stop)
         self.error: AgentError | None = None
 
@@ -162,28 +166,22 @@ class Pipeline:
         self._stop.set()
         self._stop_requested.set()
 
-    async def run(self, link: MqttLink, qos: int, max_inflight: int, flush_timeout: float) -> None:
+    async def run(self, sender: OutboxSender, qos: int, flush_timeout: float) -> None:
         """Run until the source ends or stop() was called, then flush. Errors end up in ``self.error``."""
         source = run_in_thread(self._source_main, f"{self.name}-source")
         worker = run_in_thread(self._worker_main, f"{self.name}-infer")
-        publisher = asyncio.ensure_future(self._publish_loop(link, qos, max_inflight))
+        publisher = asyncio.ensure_future(self._publish_loop(sender, qos))
         stop_requested = asyncio.ensure_future(self._stop_requested.wait())
         try:
             await asyncio.wait({publisher, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
             if not publisher.done():
-                # stopping: queued frames and acknowledgements get flush_timeout, even with the broker away
+                # stopping: queued frames get flush_timeout to be inferred and written to the outbox
                 try:
                     await asyncio.wait_for(asyncio.shield(publisher), flush_timeout)
                 except TimeoutError:
                     publisher.cancel()
-                    lost = len(self._inflight) + len(self.results)
-                    self.counters.unacked_at_stop = lost
-                    log.warning(
-                        "pipeline %s: %d result(s) not acknowledged by the broker within %.0f s of stopping",
-                        self.name,
-                        lost,
-                        flush_timeout,
-                    )
+                    log.warning("pipeline %s: %d frame(s) still queued for inference %.0f s after stopping",
+                                self.name, len(self.frames) + len(self.results), flush_timeout)  # fmt: skip
             await asyncio.gather(publisher, return_exceptions=True)
         finally:
             stop_requested.cancel()
@@ -251,36 +249,17 @@ class Pipeline:
 
     # ---- event loop ----------------------------------------------------------------------------
 
-    async def _publish_loop(self, link: MqttLink, qos: int, max_inflight: int) -> None:
-        window = asyncio.Semaphore(max_inflight)
-        inflight = self._inflight
-
-        def settled(fut: asyncio.Future[None]) -> None:
-            inflight.discard(fut)
-            window.release()
-            if fut.cancelled():
-                return
-            exc = fut.exception()
-            if exc is None:
-                self.counters.published += 1
-            else:
-                self.counters.publish_failed += 1
-                log.error("pipeline %s: %s", self.name, exc)
-
+    async def _publish_loop(self, sender: OutboxSender, qos: int) -> None:
         while True:
             try:
-                result = await self.results.get_async()
+                first = await self.results.get_async()
             except Closed:
                 break
-            payload = self._payload(result)
-            if payload is None:
-                continue
-            await window.acquire()
-            fut = link.publish(self.topic, payload, qos)
-            inflight.add(fut)
-            fut.add_done_callback(settled)
-        if inflight:  # the source has ended; when stopping, run() bounds this wait
-            await asyncio.wait(set(inflight))
+            burst = [first, *self.results.drain_nowait(OUTBOX_BURST - 1)]
+            items = [(self.topic, payload, qos, False) for r in burst if (payload := self._payload(r)) is not None]
+            if items:
+                await sender.put_many(items)  # on disk from here: delivered by the sender, even after a crash
+                self.counters.stored += len(items)
 
     def _payload(self, result: Inferred) -> bytes | None:
         """Post-process and serialise one result; None (counted, logged) if its outputs make no sense."""

@@ -37,10 +37,12 @@ def find_mosquitto() -> str | None:
 
 
 class Mosquitto:
-    """A real mosquitto on 127.0.0.1:port with anonymous access and no persistence."""
+    """A real mosquitto on 127.0.0.1:port with anonymous access; ``persistence``: sessions and queued messages
+    saved on a clean stop and restored at the next start (outage tests whose subscriber must miss nothing)."""
 
-    def __init__(self, port: int, binary: str | None = None) -> None:
+    def __init__(self, port: int, binary: str | None = None, persistence: bool = False) -> None:
         self.port = port
+        self.persistence = persistence
         self.binary = binary or find_mosquitto()
         if self.binary is None:
             raise AgentError("mosquitto is not installed (Debian: apt-get install mosquitto)")
@@ -50,9 +52,12 @@ class Mosquitto:
 
     def start(self, timeout: float = 10.0) -> Mosquitto:
         conf = Path(self._dir.name) / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n"
+        if self.persistence:  # started as root, mosquitto drops to its own user: it must be able to write here
+            Path(self._dir.name).chmod(0o777)
+        persist = (
+            f"persistence true\npersistence_location {self._dir.name}/\n" if self.persistence else "persistence false\n"
         )
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{persist}max_queued_messages 100000\n")
         with self.log_path.open("wb") as logfile:
             self._proc = subprocess.Popen(
                 [self.binary or "mosquitto", "-c", str(conf)], stdout=logfile, stderr=subprocess.STDOUT

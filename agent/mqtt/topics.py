@@ -42,6 +42,11 @@ class Topics:
     def command(self, name: str) -> str:
         return f"{self.base}/cmd/{_level(name, 'command name')}"
 
+    @property
+    def commands(self) -> str:
+        """The subscription filter for every command."""
+        return f"{self.base}/cmd/+"
+
     def command_reply(self, name: str) -> str:
         return f"{self.command(name)}/reply"
 

@@ -91,8 +91,13 @@ class Updater:
         self.status = Status()
         self.checks = 0
 
-    def serve(self, pipelines: Sequence[Pipeline]) -> None:
-        """The pipelines whose models a new release replaces, by the release they follow."""
+    def serve(self, pipelines: Sequence[Pipeline], replace: Pipeline | None = None) -> None:
+        """The pipelines whose models a new release replaces, by the release they follow (``replace``: a
+        pipeline these take the place of, after a restart)."""
+        if replace is not None:
+            for serving in self._serving.values():
+                if replace in serving:
+                    serving.remove(replace)
         for p in pipelines:
             if p.cfg.model.release:
                 self._serving.setdefault(p.cfg.model.release, []).append(p)

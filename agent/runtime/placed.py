@@ -140,6 +140,17 @@ class PlacedModel:
         work = (self._state_dir / "segments") if self._state_dir else path.parent / ".edge-agent-segments"
         return plan, split_onnx(path, profile, plan.segments, work)
 
+    def replan(self) -> Plan | None:
+        """Time the model on each candidate again and re-plan on those times (the replan command); the new
+        plan replaces the old between two frames. None: the model runs directly on one accelerator."""
+        if self._executor is None:
+            return None
+        plan, parts = self._plan(set(self._executor.failed), use_cache=False, refresh=True)
+        self._executor.replace(plan, parts)
+        self.plan = plan
+        self.replans += 1
+        return plan
+
     def _replan(self, failed: set[str]) -> tuple[Plan, Sequence[SegmentModel]]:
         plan, parts = self._plan(failed, use_cache=False)
         self.plan = plan

@@ -82,6 +82,14 @@ class StageQueue(Generic[T]):
                 return item
             raise Closed
 
+    def drain_nowait(self, limit: int) -> list[T]:
+        """Up to ``limit`` items that are there now, without waiting."""
+        with self._cond:
+            items = [self._items.popleft() for _ in range(min(limit, len(self._items)))]
+            if items:
+                self._cond.notify_all()
+            return items
+
     async def get_async(self) -> T:
         """Get for the event loop; raises Closed once closed and drained."""
         loop = asyncio.get_running_loop()

@@ -72,17 +72,26 @@ class ReplayRunner:
         self.emit = emit
         self.stop = stop
         self.bad_inputs = 0
+        self.rate_hz = cfg.rate_hz  # changed at run time by the pipeline-rate command
+        self._restart = threading.Event()
         self._cache: dict[Path, Frame] = {}
         self._cache_left = int(cfg.cache_mb * 1024 * 1024)
 
+    def restart(self) -> None:
+        """Start over from the first file (the restart-pipeline command); call from any thread."""
+        self._restart.set()
+
     def run(self) -> None:
-        period = 1.0 / self.cfg.rate_hz if self.cfg.rate_hz > 0 else 0.0
         next_at = time.monotonic()
         while not self.stop.is_set():
             good = 0
+            self._restart.clear()
             for path in self.files:
                 if self.stop.is_set():
                     return
+                if self._restart.is_set():
+                    break
+                period = 1.0 / self.rate_hz if self.rate_hz > 0 else 0.0
                 if period:
                     delay = next_at - time.monotonic()
                     if delay > 0 and self.stop.wait(delay):
@@ -97,6 +106,9 @@ class ReplayRunner:
                     continue
                 good += 1
                 self.emit(frame)
+            if self._restart.is_set():
+                log.info("replay of %s starts over", self.cfg.path)
+                continue
             if good == 0:
                 raise SourceError(f"{self.cfg.path}: none of {len(self.files)} file(s) could be read")
             if not self.cfg.loop:
