@@ -46,6 +46,7 @@ class OutboxSender:
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._idle = asyncio.Event()
+        self._progress = asyncio.Event()  # set at every acknowledgement recorded or refusal
         self.delivered = 0
         self.refused = 0
 
@@ -89,12 +90,12 @@ class OutboxSender:
 
     async def _drained(self) -> None:
         while True:
+            self._progress.clear()
             await self._flush_acks()
             if not self._inflight and not self._retry and self.outbox.stats().backlog == 0:
                 return
             self._wake.set()
-            self._room.clear()
-            await self._room.wait()
+            await self._progress.wait()
 
     def _hand(self, message: Message) -> None:
         self._handed = max(self._handed, message.id)
@@ -105,6 +106,7 @@ class OutboxSender:
     def _settled(self, message: Message, fut: asyncio.Future[None]) -> None:
         self._inflight.pop(message.id, None)
         self._room.set()
+        self._progress.set()
         if fut.cancelled():
             return
         exc = fut.exception()
@@ -127,6 +129,7 @@ class OutboxSender:
         if self._acked:
             ids, self._acked = self._acked, []
             await asyncio.to_thread(self.outbox.delivered, ids)
+            self._progress.set()
 
     def stats(self) -> dict[str, Any]:
         s = self.outbox.stats()
