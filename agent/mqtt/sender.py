@@ -4,7 +4,7 @@ Pipelines append their results to the outbox (``put_many``: one transaction per 
 task hands the oldest undelivered messages to the MQTT link, at most ``max_inflight`` unacknowledged at
 a time, and deletes each from the outbox when the broker acknowledges it. While the broker is away the
 window fills and stays full (paho resends it after reconnecting, in order); everything after it waits on
-disk, not in memory. After a restart, whatever the outbox still holds is sent first, before newer
+disk, not in memory (nothing new is handed over until the connection is back). After a restart, whatever the outbox still holds is sent first, before newer
 results. A message the broker refuses (an MQTT 5 failure reason code) is retried, and quarantined after
 ``max_attempts`` refusals instead of being retried forever.
 """
@@ -63,6 +63,11 @@ class OutboxSender:
         """Forever: hand over what the window has room for, in id order; record acknowledgements."""
         while True:
             await self._flush_acks()
+            if not self._link.connected.is_set():
+                # nothing more goes to paho's memory while the broker is away: it waits on disk, where the
+                # outbox's bounds apply (what was in flight when the connection went is resent by paho)
+                await self._link.connected.wait()
+                continue
             room = self._window - len(self._inflight)
             if room <= 0:
                 self._room.clear()

@@ -132,3 +132,38 @@ def test_a_backlog_survives_kill_9_and_is_delivered_first(
     assert set(backlog) <= set(got), "a stored result was lost"
     assert list(dict.fromkeys(got)) == sorted(set(got))
     assert min(newer) > backlog[-1]
+
+
+def test_a_full_outbox_drops_the_oldest_and_counts_them(broker: Mosquitto, agent_process: Any, tmp_path: Path) -> None:
+    config = write_config(tmp_path, broker.port, pipeline(50.0), device_id=DEVICE)
+    broker.stop()
+    env = {
+        "EDGE_AGENT_OUTBOX__MAX_MESSAGES": "20",
+        "EDGE_AGENT_AGENT__STATS_INTERVAL_S": "0.2",
+        "EDGE_AGENT_TELEMETRY__INTERVAL_S": "0.3",
+        "EDGE_AGENT_MQTT__RECONNECT_MAX_S": "1",
+    }
+    agent = agent_process(["run", "--config", str(config)], env)
+    line = ""
+    while "stored=" not in line or int(line.split("stored=")[1].split(maxsplit=1)[0]) < 60:
+        line = agent.wait_log("stats pipeline=digits", timeout=60)
+    assert len(stored_seqs(tmp_path / "state")) <= 20  # bounded on disk while the broker is away
+    sub = None
+    broker.start()
+    sub = Durable(broker.port)
+    telemetry = queue.Queue[dict[str, Any]]()
+    watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="tele-watch")
+    watcher.on_connect = lambda c, *a: c.subscribe(f"edge/{DEVICE}/telemetry", qos=1)
+    watcher.on_message = lambda c, u, m: telemetry.put(json.loads(m.payload))
+    watcher.connect("127.0.0.1", broker.port)
+    watcher.loop_start()
+    outbox = telemetry.get(timeout=30)["outbox"]
+    while outbox["evicted_full"] < 40:
+        outbox = telemetry.get(timeout=30)["outbox"]
+    first = sub.take(1)[0]
+    watcher.loop_stop()
+    sub.close()
+    assert agent.stop() == 0
+    # oldest first: what reached the broker after the outage is the newest of the stored results
+    assert first > int(line.split("stored=")[1].split()[0]) - 20 - 1
+    assert outbox["evicted_full"] >= 40 and outbox["backlog"] <= 20
