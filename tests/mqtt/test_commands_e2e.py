@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import paho.mqtt.client as mqtt
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,7 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.mqtt.commands import sign_command
-from agent.mqtt.localbroker import Mosquitto
+from agent.mqtt.localbroker import Mosquitto, free_port
 from tests.conftest import write_config
 from tests.mqtt.test_delivery import pipeline
 
@@ -165,3 +166,35 @@ def test_signed_commands_when_a_secret_is_configured(mosquitto: Mosquitto, agent
     client.send("status", signed)  # the same signed message again: a replay
     assert client.next(f"{BASE}/cmd/status/reply")[0]["error"]["code"] == "unauthorised"
     client.close()
+
+
+def test_home_assistant_discovery_and_prometheus_metrics(
+    mosquitto: Mosquitto, agent_process: Any, tmp_path: Path
+) -> None:
+    port = free_port()
+    config = write_config(tmp_path, mosquitto.port, pipeline(20.0), device_id=DEVICE)
+    env = {
+        "EDGE_AGENT_TELEMETRY__HOMEASSISTANT": "true",
+        "EDGE_AGENT_TELEMETRY__PROMETHEUS_PORT": str(port),
+        "EDGE_AGENT_TELEMETRY__INTERVAL_S": "0.5",
+    }
+    agent = agent_process(["run", "--config", str(config)], env)
+    client = Client(mosquitto.port)
+    client.client.subscribe("homeassistant/#", qos=1)
+    configs: dict[str, Any] = {}
+    while len(configs) < 5:
+        topic, payload, _ = client.messages.get(timeout=30)
+        if topic.startswith("homeassistant/") and topic.endswith("/config"):
+            configs[topic] = json.loads(payload)
+    assert all(c["availability_topic"] == f"{BASE}/availability" for c in configs.values() if "availability_topic" in c)
+    assert any(c.get("state_topic") == f"{BASE}/digits/result" for c in configs.values())
+    assert len({c["unique_id"] for c in configs.values()}) == len(configs)
+    client.next(f"{BASE}/telemetry")
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    inferences = [
+        line for line in text.splitlines() if line.startswith('edge_agent_inferences_total{pipeline="digits"}')
+    ]
+    assert inferences and float(inferences[0].split()[-1]) > 0
+    assert "edge_agent_outbox_backlog" in text
+    client.close()
+    assert agent.stop() == 0
