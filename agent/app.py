@@ -9,7 +9,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -24,9 +24,11 @@ from agent.mqtt.sender import OutboxSender
 from agent.mqtt.topics import Topics
 from agent.ota.serving import load_serving, recover
 from agent.ota.store import ReleaseStore
-from agent.ota.updater import Updater
 from agent.pipeline import Pipeline
 from agent.state import SeqAllocator, resolve_state_dir
+
+if TYPE_CHECKING:
+    from agent.ota.updater import Updater
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +198,7 @@ class Agent:
 
     def _updater(self, link: MqttLink, state_dir: Path) -> Updater:
         """The OTA updater, checking on its interval and on pushes to the device's and the fleet's topics."""
+        from agent.ota.updater import Updater  # cryptography and httpx: only where updates are enabled
 
         def report(status: dict[str, Any]) -> None:
             fut = link.publish(self.topics.ota_status, json.dumps(status).encode(), qos=1, retain=True)

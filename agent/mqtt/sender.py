@@ -2,11 +2,12 @@
 
 Pipelines append their results to the outbox (``put_many``: one transaction per burst) and go on; this
 task hands the oldest undelivered messages to the MQTT link, at most ``max_inflight`` unacknowledged at
-a time, and deletes each from the outbox when the broker acknowledges it. While the broker is away the
-window fills and stays full (paho resends it after reconnecting, in order); everything after it waits on
-disk, not in memory (nothing new is handed over until the connection is back). After a restart, whatever the outbox still holds is sent first, before newer
-results. A message the broker refuses (an MQTT 5 failure reason code) is retried, and quarantined after
-``max_attempts`` refusals instead of being retried forever.
+a time, and deletes each from the outbox when the broker acknowledges it. While the broker is away,
+nothing new is handed over: what was in flight when the connection went is resent by paho after
+reconnecting, in order, and everything after it waits on disk, not in memory, where the outbox's bounds
+apply. After a restart, whatever the outbox still holds is sent first, before newer results. A message
+the broker refuses (an MQTT 5 failure reason code) is retried, and quarantined after ``max_attempts``
+refusals instead of being retried forever.
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ from pathlib import Path
 from accelerators.base import BackendConfig
 from agent.config import PipelineConfig
 from agent.errors import AgentError
-from agent.ota.apply import installed_manifest, release_pipeline
 from agent.ota.store import ReleaseStore
 from agent.pipeline import LoadedModel
 
@@ -40,6 +39,8 @@ def load_serving(
     name = cfg.model.release
     if not name:
         return LoadedModel(cfg, backends, state_dir)
+    from agent.ota.apply import installed_manifest, release_pipeline  # cryptography, httpx: only with a release
+
     tried: set[int | None] = set()
     while (folder := store.current_dir(name)) is not None and (version := store.current(name)) not in tried:
         tried.add(version)
