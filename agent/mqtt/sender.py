@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -26,6 +28,7 @@ from agent.mqtt.outbox import Message, Outbox
 log = logging.getLogger(__name__)
 
 Item = tuple[str, bytes, int, bool]  # topic, payload, qos, retain
+FRESH_MAX = 4096  # appended messages kept in memory for handing over
 
 
 class OutboxSender:
@@ -48,6 +51,11 @@ class OutboxSender:
         self._room = asyncio.Event()
         self._idle = asyncio.Event()
         self._progress = asyncio.Event()  # set at every acknowledgement recorded or refusal
+        # Messages this process appended, kept to hand over without reading them back from disk; used only
+        # while ``_synced``: the outbox was read to its end since the last gap (restart, outage, overflow).
+        self._fresh: deque[Message] = deque()
+        self._synced = False
+        self._appended = 0  # the highest id put_many has seen appended
         self.delivered = 0
         self.refused = 0
 
@@ -57,7 +65,14 @@ class OutboxSender:
 
     async def put_many(self, items: Sequence[Item]) -> None:
         """Make ``items`` durable (one transaction), then let the sender know."""
-        await asyncio.to_thread(self.outbox.append_many, items)
+        ids = await asyncio.to_thread(self.outbox.append_many, items)
+        self._appended = max(self._appended, *ids) if ids else self._appended
+        if self._synced and len(self._fresh) + len(ids) <= FRESH_MAX:
+            now = time.time()
+            self._fresh.extend(Message(i, t, p, q, r, now, 0) for i, (t, p, q, r) in zip(ids, items, strict=True))
+        else:  # too much waiting: the next ones are read from disk again
+            self._synced = False
+            self._fresh.clear()
         self._wake.set()
 
     async def run(self) -> None:
@@ -67,6 +82,8 @@ class OutboxSender:
             if not self._link.connected.is_set():
                 # nothing more goes to paho's memory while the broker is away: it waits on disk, where the
                 # outbox's bounds apply (what was in flight when the connection went is resent by paho)
+                self._synced = False
+                self._fresh.clear()
                 await self._link.connected.wait()
                 continue
             room = self._window - len(self._inflight)
@@ -77,7 +94,7 @@ class OutboxSender:
             batch = self._retry[:room]
             del self._retry[: len(batch)]
             if len(batch) < room:
-                batch += await asyncio.to_thread(self.outbox.pending, self._handed, room - len(batch))
+                batch += await self._next(room - len(batch))
             if not batch:
                 self._idle.set()
                 self._wake.clear()
@@ -86,6 +103,20 @@ class OutboxSender:
             self._idle.clear()
             for message in batch:
                 self._hand(message)
+
+    async def _next(self, limit: int) -> list[Message]:
+        """The oldest messages not handed over yet: from memory when synced, else from disk."""
+        if self._synced:
+            while self._fresh and self._fresh[0].id <= self._handed:  # read from disk meanwhile
+                self._fresh.popleft()
+            return [self._fresh.popleft() for _ in range(min(limit, len(self._fresh)))]
+        rows = await asyncio.to_thread(self.outbox.pending, self._handed, limit)
+        seen = rows[-1].id if rows else self._handed
+        # read to the end, and nothing appended since was missed: from now on appends come from memory
+        if len(rows) < limit and self._appended <= seen:
+            self._synced = True
+            self._fresh.clear()
+        return rows
 
     async def drain(self, timeout: float) -> int:
         """Wait up to ``timeout`` s for everything appended so far to be acknowledged; the number left."""
