@@ -174,6 +174,16 @@ class ModelConfig(Section):
         "window of runs; 0 disables.",
     )
     threads: int = Field(1, ge=1, le=64, description="CPU threads for one inference.")
+    state: dict[str, str] = Field(
+        default_factory=dict,
+        description="For recurrent models: input name -> the output that feeds it at the next inference (e.g. "
+        "{state = 'stateN'} for Silero VAD); zeros at the start. The state carries across windows of one source.",
+    )
+    constants: dict[str, float | int | list[float] | list[int]] = Field(
+        default_factory=dict,
+        description="Inputs fed the same value at every inference (e.g. {sr = 16000}); the source feeds the one "
+        "input left.",
+    )
     release: str | None = Field(
         None,
         pattern=NAME_PATTERN,

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from accelerators.base import BackendConfig
+from accelerators.base import BackendConfig, TensorSpec
 from accelerators.errors import AcceleratorError, InferenceError
 from agent.config import PipelineConfig
 from agent.errors import AgentError, ModelError, SourceError
@@ -93,10 +93,7 @@ class LoadedModel:
             self.session = PlacedModel(cfg.model, backends, state_dir)
         except AgentError as exc:
             raise ModelError(f"pipeline {cfg.name!r}: {exc}") from exc
-        if len(self.session.inputs) != 1:
-            names = ", ".join(s.name for s in self.session.inputs)
-            raise ModelError(f"{cfg.model.path}: has {len(self.session.inputs)} inputs ({names}); one is supported")
-        self.input = self.session.inputs[0]
+        self.input, self._state, self._constants = _bind_inputs(cfg, self.session.inputs, self.session.outputs)
         self.pre = Preprocessor(cfg.preprocess, self.input)
         self.post: Postprocessor = build_postprocessor(cfg.postprocess, self.session.outputs)
         self.name = cfg.model.name or cfg.model.release or cfg.model.path.name.split(".")[0]
@@ -104,14 +101,17 @@ class LoadedModel:
         self.health = ModelHealth()
 
     def infer(self, frame: Frame) -> Inferred:
-        tensor, box = self.pre(frame)  # (1, H, W, C) or (1, C, H, W)
+        tensor, box = self.pre(frame)  # (1, H, W, C) or (1, C, H, W), or the input's tensor shape
+        feeds = {self.input.name: tensor, **self._constants, **self._state}
         t0 = time.perf_counter()
         try:
-            outputs = self.session.run({self.input.name: tensor})
+            outputs = self.session.run(feeds)
         except (InferenceError, AcceleratorError):
             self.health.failed()
             raise
         ms = (time.perf_counter() - t0) * 1000
+        for name, output in self.cfg.model.state.items():  # recurrent state: this output feeds the next window
+            self._state[name] = outputs[output]
         if not self.health.ran(ms, outputs):
             log.warning("%s version %s: an output holds NaN or infinity (%s)", self.name, self.version, frame.origin)
         failed = dict(self.session.failed) if self.session.degraded else None
@@ -119,6 +119,40 @@ class LoadedModel:
 
     def close(self) -> None:
         self.session.close()
+
+
+def _bind_inputs(
+    cfg: PipelineConfig, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]
+) -> tuple[TensorSpec, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The input the source feeds, the recurrent state inputs (zeros), and the constant inputs."""
+    specs = {s.name: s for s in inputs}
+    model = cfg.model
+    missing = sorted(set(model.state.values()) - {o.name for o in outputs})
+    if missing:
+        raise ModelError(f"{model.path}: model.state names output(s) {', '.join(missing)} that the model does not "
+                         f"have (outputs: {', '.join(o.name for o in outputs)})")  # fmt: skip
+    unknown = sorted((set(model.state) | set(model.constants)) - set(specs))
+    if unknown:
+        raise ModelError(f"{model.path}: model.state/constants name input(s) {', '.join(unknown)} that the model "
+                         f"does not have (inputs: {', '.join(specs)})")  # fmt: skip
+    fed = [s for s in inputs if s.name not in model.state and s.name not in model.constants]
+    if len(fed) != 1:
+        names = ", ".join(s.name for s in fed)
+        raise ModelError(f"{model.path}: {len(fed)} inputs ({names}) are left for the source, which feeds one; "
+                         "name the others in model.state (recurrent) or model.constants")  # fmt: skip
+
+    def shape(spec: TensorSpec) -> tuple[int, ...]:
+        return tuple(1 if d is None else d for d in spec.shape)
+
+    state = {n: np.zeros(shape(specs[n]), specs[n].dtype) for n in model.state}
+    constants = {}
+    for name, value in model.constants.items():
+        try:
+            constants[name] = np.asarray(value, specs[name].dtype).reshape(shape(specs[name]))
+        except ValueError as exc:
+            raise ModelError(f"{model.path}: model.constants.{name} does not fit input {name!r} "
+                             f"{list(specs[name].shape)}: {exc}") from None  # fmt: skip
+    return fed[0], state, constants
 
 
 def _iso(ts: float) -> str:

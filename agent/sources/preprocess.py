@@ -37,6 +37,12 @@ class Preprocessor:
         self.cfg = cfg
         self.spec = spec
         shape = spec.shape
+        self.dtype = np.dtype(spec.dtype)
+        self.batch_shape = tuple(1 if d is None else d for d in shape)
+        self.images = len(shape) == 4
+        if not self.images:  # audio windows, sensor readings: tensors only
+            self.width = self.height = 0
+            return
         if len(shape) != 4:
             raise ModelError(
                 f"model input {spec.name!r} has shape {format_shape(shape)}; image pre-processing needs "
@@ -55,10 +61,11 @@ class Preprocessor:
             raise ModelError(f"model input {spec.name!r} has {self.channels} channels; images give 1 or 3")
         self.mean = np.asarray(cfg.mean, np.float32)
         self.std = np.asarray(cfg.std, np.float32)
-        self.dtype = np.dtype(spec.dtype)
-        self.batch_shape = tuple(1 if d is None else d for d in shape)
 
     def __call__(self, frame: Frame) -> tuple[np.ndarray, Letterbox]:
+        if not frame.is_tensor and not self.images:
+            raise SourceError(f"{frame.origin}: model input {self.spec.name!r} {format_shape(self.spec.shape)} takes "
+                              "tensors (audio windows, readings), not images")  # fmt: skip
         if frame.is_tensor:
             # a tensor has no source image: results stay in model-input pixels
             return self._tensor(frame), Letterbox(1.0, 1.0, 0.0, 0.0, self.width, self.height)
@@ -68,11 +75,23 @@ class Preprocessor:
         data = frame.data
         if data.ndim == len(self.batch_shape) - 1:
             data = data[None]
+        if tuple(data.shape) != self.batch_shape and data.size == int(np.prod(self.batch_shape)):
+            data = data.reshape(self.batch_shape)  # e.g. a (512,) audio window for a (1, 512) input
         if tuple(data.shape) != self.batch_shape:
             raise SourceError(
                 f"{frame.origin}: tensor of shape {tuple(frame.data.shape)} does not fit model input "
                 f"{self.spec.name!r} {format_shape(self.spec.shape)}"
             )
+        return self._cast(data)
+
+    def _cast(self, data: np.ndarray) -> np.ndarray:
+        """To the input's dtype; float data for a quantized integer input is quantized with its scale and
+        zero point (q = x / scale + zero_point, rounded and clipped to the dtype's range)."""
+        quant = self.spec.quantization
+        if quant is not None and self.dtype.kind in "iu" and data.dtype.kind == "f":
+            scale, zero = quant
+            info = np.iinfo(self.dtype)
+            data = np.clip(np.rint(data / scale + zero), info.min, info.max)
         return np.ascontiguousarray(data, dtype=self.dtype)
 
     def _image(self, pixels: np.ndarray) -> tuple[np.ndarray, Letterbox]:
@@ -91,7 +110,7 @@ class Preprocessor:
         arr = (arr - self.mean) / self.std
         if self.layout == "nchw":
             arr = arr.transpose(2, 0, 1)  # (C, H, W)
-        return np.ascontiguousarray(arr[None], dtype=self.dtype), box[1]
+        return self._cast(arr[None]), box[1]
 
     def _fit(self, img: Image.Image, src_w: int, src_h: int) -> tuple[Image.Image, Letterbox]:
         w, h = self.width, self.height

@@ -72,8 +72,11 @@ def test_nchw_gray_and_bgr_layouts() -> None:
 
 
 def test_models_with_inputs_images_cannot_fill_are_refused() -> None:
-    with pytest.raises(ModelError, match="4-D"):
-        Preprocessor(PreprocessConfig(), TensorSpec("x", (1, 64), "float32"))
+    tensors_only = Preprocessor(PreprocessConfig(), TensorSpec("x", (1, 64), "float32"))
+    with pytest.raises(SourceError, match="takes tensors"):
+        tensors_only(Frame(np.zeros((8, 8, 3), np.uint8), 0.0, "photo.jpg"))
+    window, _ = tensors_only(Frame(np.arange(64, dtype=np.float64), 0.0, "audio", is_tensor=True))
+    assert window.shape == (1, 64) and window.dtype == np.float32 and window[0, 5] == 5.0  # a window reshaped
     with pytest.raises(ModelError, match="dynamic height"):
         Preprocessor(PreprocessConfig(), TensorSpec("x", (1, None, None, 3), "float32"))
 
@@ -236,3 +239,9 @@ def test_replay_cache_decodes_each_file_once_and_restamps_frames(
     ReplayRunner(ReplaySource(type="replay", path=tmp_path, rate_hz=0, cache_mb=1), emit, stop).run()
     assert len(decoded) == 1 and len(frames) == 4
     assert frames[3].ts >= frames[0].ts and frames[3].data is frames[0].data
+
+
+def test_float_input_for_a_quantized_model_is_quantized_with_its_scale_and_zero_point() -> None:
+    pre = Preprocessor(PreprocessConfig(), TensorSpec("x", (1, 4), "int8", quantization=(0.5, 10)))
+    q, _ = pre(Frame(np.array([1.0, -3.0, 1000.0, -1000.0]), 0.0, "r", is_tensor=True))
+    assert q.dtype == np.int8 and q.tolist() == [[12, 4, 127, -128]]  # x / 0.5 + 10, rounded, clipped
