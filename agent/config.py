@@ -25,6 +25,12 @@ from agent.mqtt.settings import MqttSection
 from agent.ota.faults import CRASH_ENV
 from agent.ota.settings import OtaSection
 from agent.schema import NAME_PATTERN, Section
+from agent.sources.post_extra_settings import (
+    ScalarPostprocess,
+    SegmentationPostprocess,
+    VadPostprocess,
+    YoloPostprocess,
+)
 from agent.telemetry_settings import TelemetrySection
 
 ENV_PREFIX = "EDGE_AGENT_"
@@ -138,7 +144,14 @@ class RawPostprocess(Section):
 
 
 PostprocessConfig = Annotated[
-    DetectionPostprocess | ClassificationPostprocess | RawPostprocess, Field(discriminator="type")
+    DetectionPostprocess
+    | ClassificationPostprocess
+    | RawPostprocess
+    | YoloPostprocess
+    | SegmentationPostprocess
+    | ScalarPostprocess
+    | VadPostprocess,
+    Field(discriminator="type"),
 ]
 
 

@@ -40,7 +40,7 @@ class YoloDecoder:
         a, b = shape
         attrs: int | None = None  # one dynamic axis with auto layout: decided per frame
         if a is not None and b is not None:
-            attrs = self._attributes(a, b)
+            attrs = a if self._transposed(a, b) else b
         elif cfg.transposed is not None:
             attrs = a if cfg.transposed else b
         need = 6 if cfg.objectness else 5
@@ -50,14 +50,15 @@ class YoloDecoder:
                 f"YOLO needs at least {need} (cx, cy, w, h{', objectness' if cfg.objectness else ''}, classes)"
             )
 
-    def _attributes(self, a: int, b: int) -> int:
-        transposed = self.cfg.transposed if self.cfg.transposed is not None else a < b
-        return a if transposed else b
+    def _transposed(self, a: int, b: int) -> bool:
+        """(attributes, boxes) rather than (boxes, attributes): as configured, else the shorter axis."""
+        return self.cfg.transposed if self.cfg.transposed is not None else a < b
 
     def __call__(self, outputs: Mapping[str, np.ndarray], box: Letterbox) -> dict[str, Any]:
         raw = outputs[self.name]
-        rows = raw.reshape(raw.shape[-2:])  # (a, b): drop the batch axis
-        if self._attributes(rows.shape[0], rows.shape[1]) == rows.shape[0]:
+        a, b = raw.shape[-2:]
+        rows = raw.reshape(a, b)  # drop the batch axis
+        if self._transposed(a, b):
             rows = rows.T  # (boxes, attributes): YOLOv8 exports (attributes, boxes)
         rows = rows.astype(np.float32, copy=False)
         first = 5 if self.cfg.objectness else 4
@@ -121,7 +122,7 @@ class VoiceActivity:
     def __init__(self, cfg: VadPostprocess, spec: TensorSpec) -> None:
         self.cfg = cfg
         self.name = spec.name
-        if all(d is not None for d in spec.shape) and int(np.prod(spec.shape, dtype=np.int64)) != 1:
+        if any(d is not None and d > 1 for d in spec.shape):
             raise ModelError(
                 f"model output {spec.name!r} has shape {format_shape(spec.shape)}; voice activity needs one "
                 "speech probability per window"

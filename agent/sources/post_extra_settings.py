@@ -7,7 +7,7 @@ importing ``agent.sources.postprocess``, which imports ``agent.config`` (a cycle
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -53,7 +53,7 @@ class SegmentationPostprocess(Section):
     threshold: float = Field(
         0.5, description="Foreground when a single-channel output is at least this (use 0 for logits)."
     )
-    classes: list[int] | None = Field(
+    classes: list[Annotated[int, Field(ge=0)]] | None = Field(
         None, description="Class indices to report; default every class but background 0 (foreground is 1)."
     )
     labels: list[str] | Path | None = Field(

@@ -157,5 +157,8 @@ def build_postprocessor(cfg: PostprocessConfig, outputs: tuple[TensorSpec, ...])
         return SsdDecoder(cfg, outputs)
     if isinstance(cfg, ClassificationPostprocess):
         return TopK(cfg, outputs)
-    assert isinstance(cfg, RawPostprocess)
-    return Raw()
+    if isinstance(cfg, RawPostprocess):
+        return Raw()
+    from agent.sources.post_extra import build_extra  # YOLO, segmentation, scalar, voice activity
+
+    return build_extra(cfg, outputs)
