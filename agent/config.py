@@ -25,12 +25,15 @@ from agent.mqtt.settings import MqttSection
 from agent.ota.faults import CRASH_ENV
 from agent.ota.settings import OtaSection
 from agent.schema import NAME_PATTERN, Section
+from agent.sources.audio import MicrophoneSource, WavSource
+from agent.sources.lines import LinesSource, SerialSource
 from agent.sources.post_extra_settings import (
     ScalarPostprocess,
     SegmentationPostprocess,
     VadPostprocess,
     YoloPostprocess,
 )
+from agent.sources.synthetic import SyntheticSource
 from agent.telemetry_settings import TelemetrySection
 
 ENV_PREFIX = "EDGE_AGENT_"
@@ -80,7 +83,10 @@ class ReplaySource(Section):
     )
 
 
-SourceConfig = Annotated[ReplaySource, Field(discriminator="type")]
+SourceConfig = Annotated[
+    ReplaySource | LinesSource | SerialSource | WavSource | MicrophoneSource | SyntheticSource,
+    Field(discriminator="type"),
+]
 
 
 class PreprocessConfig(Section):
@@ -226,7 +232,11 @@ class PipelineConfig(Section):
     def frame_overflow(self) -> Literal["drop_oldest", "drop_newest", "block"]:
         if self.overflow != "auto":
             return self.overflow
-        return "block" if self.source.rate_hz == 0 else "drop_oldest"
+        src = self.source
+        if src.type in ("serial", "microphone"):  # live input cannot wait: the freshest window wins
+            return "drop_oldest"
+        as_fast = not src.realtime if isinstance(src, WavSource) else getattr(src, "rate_hz", 1.0) == 0
+        return "block" if as_fast else "drop_oldest"
 
 
 def _accelerator_config_type() -> Any:
@@ -410,7 +420,9 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         pipelines.append(
             p.model_copy(
                 update={
-                    "source": p.source.model_copy(update={"path": _resolve(p.source.path, base)}),
+                    "source": p.source.model_copy(update={"path": _resolve(p.source.path, base)})
+                    if isinstance(p.source, ReplaySource | LinesSource | WavSource)
+                    else p.source,
                     "model": p.model.model_copy(
                         update={
                             "path": _resolve(p.model.path, base),
@@ -444,7 +456,7 @@ def check_config_files(config: Config, source: Path) -> None:
         for variant in p.model.variants:
             if not variant.is_file():
                 raise ConfigError(f"{where}.model.variants: model file not found: {variant}")
-        if not p.source.path.exists():
+        if isinstance(p.source, ReplaySource | LinesSource | WavSource) and not p.source.path.exists():
             raise ConfigError(f"{where}.source.path: no such file or folder: {p.source.path}")
         labels = getattr(p.postprocess, "labels", None)
         if isinstance(labels, Path) and not labels.is_file():

@@ -34,7 +34,7 @@ from agent.runtime.threads import run_in_thread
 from agent.sources.base import Frame
 from agent.sources.postprocess import Postprocessor, build_postprocessor
 from agent.sources.preprocess import Letterbox, Preprocessor
-from agent.sources.replay import ReplayRunner
+from agent.sources.registry import make_source
 from agent.state import SeqAllocator
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class Pipeline:
         self.results: StageQueue[Inferred] = StageQueue(max(cfg.queue_size, 16), "block")
         self._stop = threading.Event()
         self._stop_requested = asyncio.Event()
-        self.source = ReplayRunner(cfg.source, self._emit, self._stop)
+        self.source = make_source(cfg.source, self._emit, self._stop)
         self.error: AgentError | None = None
 
     @property
@@ -182,7 +182,7 @@ class Pipeline:
         """Counters for logs and the status report; drops are never silent."""
         snap = self.counters.snapshot()
         snap["frames_dropped"] = self.frames.dropped  # overwritten before inference took them
-        snap["bad_inputs"] += self.source.bad_inputs  # unreadable files
+        snap["bad_inputs"] += self.source.bad_inputs  # unreadable files, garbage lines, truncated audio
         snap["queue_depth"] = len(self.frames)
         snap["unacked_at_stop"] = self.counters.unacked_at_stop
         return snap
