@@ -97,6 +97,18 @@ class PreprocessConfig(Section):
     mean: list[float] = Field(default_factory=lambda: [0.0], description="Subtracted per channel (0..255 scale).")
     std: list[float] = Field(default_factory=lambda: [1.0], description="Divisor per channel after the mean.")
     layout: Literal["auto", "nhwc", "nchw"] = Field("auto", description="Tensor layout; auto reads the model.")
+    crop: list[int] | None = Field(
+        None,
+        description="[x, y, width, height] in source pixels: only this region is fed to the model (before the "
+        "resize); results stay in source-image pixels.",
+    )
+
+    @field_validator("crop")
+    @classmethod
+    def _region(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (len(value) != 4 or min(value[:2]) < 0 or min(value[2:]) < 1):
+            raise ValueError("give [x, y, width, height] with x, y >= 0 and width, height >= 1")
+        return value
 
     @field_validator("mean", "std")
     @classmethod

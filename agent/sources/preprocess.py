@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,13 +22,15 @@ class Letterbox:
     scale_y: float
     pad_x: float
     pad_y: float
-    src_width: int
+    src_width: int  # of the region the model saw: the crop, or the whole image
     src_height: int
+    crop_x: float = 0.0  # where that region starts in the source image
+    crop_y: float = 0.0
 
     def to_source(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         sx = np.clip((x - self.pad_x) / self.scale_x, 0, self.src_width)
         sy = np.clip((y - self.pad_y) / self.scale_y, 0, self.src_height)
-        return sx, sy
+        return sx + self.crop_x, sy + self.crop_y
 
 
 class Preprocessor:
@@ -95,6 +98,12 @@ class Preprocessor:
         return np.ascontiguousarray(data, dtype=self.dtype)
 
     def _image(self, pixels: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        crop = self.cfg.crop
+        if crop is not None:
+            x, y, w, h = crop
+            if x + w > pixels.shape[1] or y + h > pixels.shape[0]:
+                raise SourceError(f"crop {crop} reaches past the {pixels.shape[1]}x{pixels.shape[0]} image")
+            pixels = pixels[y : y + h, x : x + w]  # (h, w, C)
         src_h, src_w = pixels.shape[:2]
         img = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
         if self.channels == 1 and img.mode != "L":
@@ -110,7 +119,8 @@ class Preprocessor:
         arr = (arr - self.mean) / self.std
         if self.layout == "nchw":
             arr = arr.transpose(2, 0, 1)  # (C, H, W)
-        return self._cast(arr[None]), box[1]
+        fitted = box[1] if crop is None else dataclasses.replace(box[1], crop_x=crop[0], crop_y=crop[1])
+        return self._cast(arr[None]), fitted
 
     def _fit(self, img: Image.Image, src_w: int, src_h: int) -> tuple[Image.Image, Letterbox]:
         w, h = self.width, self.height

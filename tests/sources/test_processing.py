@@ -245,3 +245,30 @@ def test_float_input_for_a_quantized_model_is_quantized_with_its_scale_and_zero_
     pre = Preprocessor(PreprocessConfig(), TensorSpec("x", (1, 4), "int8", quantization=(0.5, 10)))
     q, _ = pre(Frame(np.array([1.0, -3.0, 1000.0, -1000.0]), 0.0, "r", is_tensor=True))
     assert q.dtype == np.int8 and q.tolist() == [[12, 4, 127, -128]]  # x / 0.5 + 10, rounded, clipped
+
+
+def test_a_crop_feeds_only_its_region_and_boxes_stay_in_source_pixels() -> None:
+    from agent.config import load_config
+    from agent.pipeline import LoadedModel
+    from agent.sources.replay import read_file
+    from tests.conftest import ASSETS, DEMO_TOML
+
+    cfg = load_config(DEMO_TOML).pipelines[0]
+    photo = read_file(ASSETS / "images" / "astronaut.jpg")  # 512x512, her face around (226, 128)
+
+    def cropped_to(crop: list[int] | None) -> LoadedModel:
+        return LoadedModel(cfg.model_copy(update={"preprocess": cfg.preprocess.model_copy(update={"crop": crop})}))
+
+    found = {}
+    for crop in (None, [120, 20, 240, 240], [300, 300, 200, 200]):
+        model = cropped_to(crop)
+        result = model.infer(photo)
+        found[str(crop)] = model.post(result.outputs, result.box)["detections"]
+    (whole,), (cropped,) = found["None"], found["[120, 20, 240, 240]"]
+    assert np.allclose(whole["box"], cropped["box"], atol=12)  # the same face, in the same source pixels
+    assert cropped["box"][0] < 226 and cropped["box"][2] > 226
+    assert found["[300, 300, 200, 200]"] == []  # a region without her face
+    with pytest.raises(SourceError, match="reaches past"):
+        LoadedModel(
+            cfg.model_copy(update={"preprocess": cfg.preprocess.model_copy(update={"crop": [500, 0, 50, 50]})})
+        ).infer(photo)
