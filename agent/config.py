@@ -234,6 +234,12 @@ class PipelineConfig(Section):
         default_factory=lambda: RawPostprocess(type="raw"), description="How outputs become the published result."
     )
     queue_size: int = Field(4, ge=1, le=10_000, description="Frames that may wait for inference.")
+    snapshot_interval_s: float = Field(
+        0.0,
+        ge=0,
+        description="Publish an annotated JPEG of a frame with detections (retained, on <prefix>/<device_id>/"
+        "<pipeline>/snapshot) at most this often; 0: no snapshots.",
+    )
     overflow: Literal["auto", "drop_oldest", "drop_newest", "block"] = Field(
         "auto",
         description="When the frame queue is full: drop the oldest frame, drop the new one, or make the source "

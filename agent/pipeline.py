@@ -35,6 +35,7 @@ from agent.sources.base import Frame
 from agent.sources.postprocess import Postprocessor, build_postprocessor
 from agent.sources.preprocess import Letterbox, Preprocessor
 from agent.sources.registry import make_source
+from agent.sources.snapshot import annotated_jpeg
 from agent.state import SeqAllocator
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class Counters:
     inferences: int = 0
     inference_errors: int = 0
     stored: int = 0  # written to the outbox
+    snapshots: int = 0  # annotated JPEGs published
     published: int = 0  # acknowledged by the broker
     publish_failed: int = 0  # refused by the broker
     unacked_at_stop: int = 0  # left in the outbox at stop, for the next start
@@ -165,6 +167,9 @@ class Pipeline:
         self.model = model
         self._model_lock = threading.Lock()  # held for each inference: a swap happens between two frames
         self.topic = topics.result(cfg.name)
+        self.snapshot_topic = topics.snapshot(cfg.name)
+        self._snapshot_at = 0.0  # time.monotonic() of the last snapshot
+        self._snapshot: tuple[np.ndarray, list[dict[str, Any]]] | None = None  # due: the frame and its detections
         self.seq = seq
         self.counters = Counters()
         self.frames: StageQueue[Frame] = StageQueue(cfg.queue_size, cfg.frame_overflow())
@@ -259,11 +264,13 @@ class Pipeline:
                 except SourceError as exc:
                     self.counters.bad_inputs += 1
                     log.warning("pipeline %s: skipping input: %s", self.name, exc)
+                    _answer(frame, error=str(exc))
                     continue
                 except InferenceError as exc:
                     self.counters.inference_errors += 1
                     consecutive += 1
                     log.error("pipeline %s: inference failed: %s", self.name, exc)
+                    _answer(frame, error=str(exc))
                     if consecutive >= MAX_CONSECUTIVE_ERRORS:
                         raise ModelError(
                             f"pipeline {self.name!r}: {consecutive} inferences in a row failed: {exc}"
@@ -294,6 +301,20 @@ class Pipeline:
             if items:
                 await sender.put_many(items)  # on disk from here: delivered by the sender, even after a crash
                 self.counters.stored += len(items)
+            if self._snapshot is not None:
+                pixels, detections = self._snapshot
+                self._snapshot = None
+                jpeg = await asyncio.to_thread(annotated_jpeg, pixels, detections)
+                await sender.put_many([(self.snapshot_topic, jpeg, qos, True)])
+                self.counters.snapshots += 1
+
+    def _maybe_snapshot(self, frame: Frame, output: dict[str, Any]) -> None:
+        interval = self.cfg.snapshot_interval_s
+        detections = output.get("detections")
+        if not interval or not detections or frame.is_tensor or time.monotonic() - self._snapshot_at < interval:
+            return
+        self._snapshot_at = time.monotonic()
+        self._snapshot = (frame.data, detections)
 
     def _payload(self, result: Inferred) -> bytes | None:
         """Post-process and serialise one result; None (counted, logged) if its outputs make no sense."""
@@ -303,9 +324,11 @@ class Pipeline:
         except (ValueError, IndexError, KeyError) as exc:  # outputs of an unexpected shape
             self.counters.inference_errors += 1
             log.error("pipeline %s: post-processing failed for %s: %s", self.name, frame.origin, exc)
+            _answer(frame, error=f"post-processing failed: {exc}")
             return None
         done = time.time()
-        source: dict[str, Any] = {"origin": frame.origin, "ts": _iso(frame.ts), **frame.meta}
+        self._maybe_snapshot(frame, output)
+        source: dict[str, Any] = {"origin": frame.origin, "ts": _iso(frame.ts), **_serialisable(frame.meta)}
         body = {
             "seq": self.seq.next(),
             "ts": _iso(done),
@@ -321,7 +344,23 @@ class Pipeline:
         if result.failed:  # an accelerator failed: still serving, on what remains
             body["degraded"] = True
             body["failed"] = result.failed
+        _answer(frame, result=body)  # a program that POSTed this input gets the result in its response
         return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _answer(frame: Frame, result: dict[str, Any] | None = None, error: str | None = None) -> None:
+    """Frames from the HTTP source carry the request waiting for their result (``meta["reply"]``)."""
+    reply = frame.meta.get("reply")
+    if reply is None:
+        return
+    if error is not None:
+        reply.fail(error)
+    else:
+        reply.resolve(result)
+
+
+def _serialisable(meta: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in meta.items() if isinstance(v, str | int | float | bool | list | dict | type(None))}
 
 
 def as_agent_error(exc: BaseException) -> AgentError:

@@ -135,3 +135,37 @@ postprocess = {{ type = "vad", start_threshold = 0.5, end_threshold = 0.3 }}
     events = [(r["event"], r["source"]["offset_s"]) for r in voice if r["event"]]
     assert events == [("speech_start", 1.0), ("speech_end", 2.0)], events
     assert all(r["speech"] == (1.0 <= r["source"]["offset_s"] < 2.0) for r in voice)
+
+
+def test_snapshots_of_frames_with_detections_are_published_retained(
+    mosquitto: Mosquitto, subscribe: Any, tmp_path: Path
+) -> None:
+    import io
+
+    from PIL import Image
+
+    config = write_config(
+        tmp_path,
+        mosquitto.port,
+        f"""
+[[pipelines]]
+name = "faces"
+source = {{ type = "replay", path = "{ASSETS / "images"}", pattern = "astronaut.jpg", rate_hz = 0, loop = false }}
+model = {{ path = "{ASSETS / "face_detection_short_range.tflite"}" }}
+preprocess = {{ resize = "letterbox", mean = [127.5], std = [127.5] }}
+postprocess = {{ type = "ssd", labels = ["face"], score_threshold = 0.6 }}
+snapshot_interval_s = 0.001
+""",
+        device_id="snap",
+    )
+    assert asyncio.run(Agent(load_config(config)).run()) == 0
+    late = subscribe(mosquitto.port, "edge/snap/faces/snapshot").next()  # subscribed afterwards: retained
+    assert late.retain
+    image = Image.open(io.BytesIO(late.payload))
+    assert image.format == "JPEG" and image.size == (512, 512)
+    # what was drawn (pixels far from the photo's own) lies around her face, near (226, 128)
+    original = np.asarray(Image.open(ASSETS / "images" / "astronaut.jpg").convert("RGB")).astype(int)
+    drawn = np.abs(np.asarray(image.convert("RGB")).astype(int) - original).max(axis=2) > 120
+    ys, xs = np.nonzero(drawn)
+    assert drawn.sum() > 200
+    assert 140 < xs.min() < 226 < xs.max() < 320 and 30 < ys.min() < 128 < ys.max() < 230

@@ -35,6 +35,10 @@ class Topics:
     def result(self, pipeline: str) -> str:
         return f"{self.base}/{_level(pipeline, 'pipeline name')}/result"
 
+    def snapshot(self, pipeline: str) -> str:
+        """Retained: the latest annotated JPEG of a frame with detections."""
+        return f"{self.base}/{_level(pipeline, 'pipeline name')}/snapshot"
+
     @property
     def telemetry(self) -> str:
         return f"{self.base}/telemetry"
