@@ -26,7 +26,9 @@ from agent.ota.faults import CRASH_ENV
 from agent.ota.settings import OtaSection
 from agent.schema import NAME_PATTERN, Section
 from agent.sources.audio import MicrophoneSource, WavSource
+from agent.sources.http_input import HttpInputSource
 from agent.sources.lines import LinesSource, SerialSource
+from agent.sources.mqtt_input import MqttInputSource
 from agent.sources.post_extra_settings import (
     ScalarPostprocess,
     SegmentationPostprocess,
@@ -84,7 +86,14 @@ class ReplaySource(Section):
 
 
 SourceConfig = Annotated[
-    ReplaySource | LinesSource | SerialSource | WavSource | MicrophoneSource | SyntheticSource,
+    ReplaySource
+    | LinesSource
+    | SerialSource
+    | WavSource
+    | MicrophoneSource
+    | SyntheticSource
+    | MqttInputSource
+    | HttpInputSource,
     Field(discriminator="type"),
 ]
 
@@ -251,7 +260,9 @@ class PipelineConfig(Section):
         if self.overflow != "auto":
             return self.overflow
         src = self.source
-        if src.type in ("serial", "microphone"):  # live input cannot wait: the freshest window wins
+        if src.type == "http":  # a program waits for each answer: its requests queue rather than drop
+            return "block"
+        if src.type in ("serial", "microphone", "mqtt"):  # live input cannot wait: the freshest window wins
             return "drop_oldest"
         as_fast = not src.realtime if isinstance(src, WavSource) else getattr(src, "rate_hz", 1.0) == 0
         return "block" if as_fast else "drop_oldest"
@@ -454,6 +465,12 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     agent = config.agent
     if agent.state_dir is not None:
         agent = agent.model_copy(update={"state_dir": _resolve(agent.state_dir, base)})
+    pipelines = [
+        p.model_copy(update={"source": p.source.model_copy(update=_broker_of(p.source, config.mqtt))})
+        if isinstance(p.source, MqttInputSource)
+        else p
+        for p in pipelines
+    ]
     ota = config.ota
     files = {k: _resolve(v, base) for k in ("ca_file", "client_cert", "client_key") if (v := getattr(ota, k))}
     # a key given as a file (a PEM path) is resolved like every path; base64 key text is left as it is
@@ -461,6 +478,11 @@ def _resolve_paths(config: Config, base: Path) -> Config:
             for k in ota.keys]  # fmt: skip
     ota = ota.model_copy(update={**files, "keys": keys})
     return config.model_copy(update={"pipelines": pipelines, "agent": agent, "ota": ota})
+
+
+def _broker_of(source: MqttInputSource, mqtt: MqttSection) -> dict[str, Any]:
+    """An MQTT input without its own broker reads from the agent's."""
+    return {"host": source.host or mqtt.host, "port": source.port or mqtt.port}
 
 
 def check_config_files(config: Config, source: Path) -> None:

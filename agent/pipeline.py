@@ -264,7 +264,7 @@ class Pipeline:
                 except SourceError as exc:
                     self.counters.bad_inputs += 1
                     log.warning("pipeline %s: skipping input: %s", self.name, exc)
-                    _answer(frame, error=str(exc))
+                    _answer(frame, error=str(exc), status=422)
                     continue
                 except InferenceError as exc:
                     self.counters.inference_errors += 1
@@ -348,13 +348,13 @@ class Pipeline:
         return json.dumps(body, separators=(",", ":")).encode()
 
 
-def _answer(frame: Frame, result: dict[str, Any] | None = None, error: str | None = None) -> None:
+def _answer(frame: Frame, result: dict[str, Any] | None = None, error: str | None = None, status: int = 500) -> None:
     """Frames from the HTTP source carry the request waiting for their result (``meta["reply"]``)."""
     reply = frame.meta.get("reply")
     if reply is None:
         return
     if error is not None:
-        reply.fail(error)
+        reply.fail(error, status)
     else:
         reply.resolve(result)
 

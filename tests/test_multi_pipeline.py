@@ -169,3 +169,51 @@ snapshot_interval_s = 0.001
     ys, xs = np.nonzero(drawn)
     assert drawn.sum() > 200
     assert 140 < xs.min() < 226 < xs.max() < 320 and 30 < ys.min() < 128 < ys.max() < 230
+
+
+def test_inputs_posted_over_http_and_readings_from_mqtt_in_one_daemon(
+    mosquitto: Mosquitto, subscribe: Any, agent_process: Any, tmp_path: Path
+) -> None:
+    import httpx
+    from paho.mqtt import publish
+
+    from agent.mqtt.localbroker import free_port
+
+    port = free_port()
+    mean = mean_model(tmp_path / "mean.onnx", 3, 1)
+    config = write_config(
+        tmp_path,
+        mosquitto.port,
+        f"""
+[[pipelines]]
+name = "posted"
+source = {{ type = "http", port = {port} }}
+model = {{ path = "{DIGITS_MODEL}" }}
+preprocess = {{ color = "gray", mean = [255.0], std = [-255.0] }}
+postprocess = {{ type = "classification", top_k = 1, labels = "{ASSETS / "digits" / "labels.txt"}" }}
+
+[[pipelines]]
+name = "remote"
+source = {{ type = "mqtt", topic = "sensors/+/temp", payload = "json", window = 3 }}
+model = {{ path = "{mean}" }}
+postprocess = {{ type = "scalar", name = "mean" }}
+""",
+        device_id="inputs",
+    )
+    sub = subscribe(mosquitto.port, "edge/inputs/+/result")
+    agent = agent_process(["run", "--config", str(config)])
+    agent.wait_log("mqtt input subscribed to sensors/+/temp")
+    png = (ASSETS / "digits" / "images" / "digit_7.png").read_bytes()
+    response = httpx.post(f"http://127.0.0.1:{port}/infer", content=png, headers={"Content-Type": "image/png"},
+                          timeout=30)  # fmt: skip
+    assert response.status_code == 200 and response.json()["label"] == "7"
+    posted = sub.wait_for(lambda m: m.topic == "edge/inputs/posted/result").json()
+    assert posted["seq"] == response.json()["seq"]  # the same result, on MQTT too
+    bad = httpx.post(f"http://127.0.0.1:{port}/infer", content=b"not an image", headers={"Content-Type": "image/png"},
+                     timeout=30)  # fmt: skip
+    assert bad.status_code == 400 and "error" in bad.json()
+    for value in (20.0, 22.0, 24.0):
+        publish.single("sensors/kitchen/temp", str(value), qos=1, hostname="127.0.0.1", port=mosquitto.port)
+    remote = sub.wait_for(lambda m: m.topic == "edge/inputs/remote/result").json()
+    assert remote["mean"] == 22.0 and remote["source"]["topic"] == "sensors/kitchen/temp"
+    assert agent.stop() == 0

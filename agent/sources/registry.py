@@ -9,7 +9,9 @@ from typing import Protocol
 from agent.config import SourceConfig
 from agent.sources.audio import MicrophoneRunner, MicrophoneSource, WavRunner, WavSource
 from agent.sources.base import Frame
+from agent.sources.http_input import HttpInputRunner, HttpInputSource
 from agent.sources.lines import LinesRunner, LinesSource, SerialRunner, SerialSource
+from agent.sources.mqtt_input import MqttInputRunner, MqttInputSource
 from agent.sources.replay import ReplayRunner
 from agent.sources.synthetic import SyntheticRunner, SyntheticSource
 
@@ -34,4 +36,8 @@ def make_source(cfg: SourceConfig, emit: Callable[[Frame], None], stop: threadin
         return MicrophoneRunner(cfg, emit, stop)
     if isinstance(cfg, SyntheticSource):
         return SyntheticRunner(cfg, emit, stop)
+    if isinstance(cfg, MqttInputSource):
+        return MqttInputRunner(cfg, emit, stop)
+    if isinstance(cfg, HttpInputSource):
+        return HttpInputRunner(cfg, emit, stop)
     return ReplayRunner(cfg, emit, stop)

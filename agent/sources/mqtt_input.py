@@ -1,0 +1,244 @@
+"""Readings from other devices over MQTT: JSON numbers in windows, JPEG/PNG images or ``.npy`` tensors."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import Field, model_validator
+
+from agent.schema import Section
+from agent.sources.base import Frame
+from agent.sources.pacing import Pacer
+from agent.sources.payloads import BadPayload, decode_image, decode_npy, json_number, note_bad, parse_json
+from agent.sources.records import Windower
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "localhost"
+DEFAULT_PORT = 1883
+QUEUE_SIZE = 256  # messages between paho's thread and the source's; beyond it they are dropped and counted
+MAX_TOPICS = 1024  # topics with a window of their own; a wildcard matching more is a configuration mistake
+POLL_S = 0.2  # how long the source thread waits for a message before looking at the stop flag again
+KEEPALIVE_S = 30
+
+
+class MqttInputSource(Section):
+    type: Literal["mqtt"] = Field(description="Readings, images or tensors that other devices publish over MQTT.")
+    topic: str = Field(
+        min_length=1, description="Topic to subscribe to; wildcards + and # allowed, e.g. sensors/+/imu."
+    )
+    host: str | None = Field(None, description="Broker host; unset: the agent's own broker ([mqtt] host).")
+    port: int | None = Field(
+        None, ge=1, le=65535, description="Broker port; unset: the agent's own broker ([mqtt] port)."
+    )
+    client_id: str | None = Field(
+        None,
+        min_length=1,
+        description="MQTT client id of this input; set, the broker also keeps its session, so that readings "
+        "published while the agent was offline are delivered when it is back. Unset: edge-agent-input-<random>.",
+    )
+    payload: Literal["json", "image", "npy"] = Field(
+        "json",
+        description="json: a number, a list of numbers or an object, one reading a message; image: JPEG or PNG "
+        "bytes; npy: the bytes of a .npy file.",
+    )
+    fields: list[str] = Field(
+        default_factory=list,
+        description="JSON objects: the keys to read, in this order; empty: every numeric key of the first reading.",
+    )
+    window: int = Field(1, ge=1, description="Readings per frame (json): the tensor is (window, values a reading).")
+    hop: int | None = Field(
+        None, ge=1, description="Readings from the start of one window to the start of the next; unset: window."
+    )
+    rate_hz: float = Field(
+        0.0, ge=0, description="At most this many frames per second (later ones are dropped); 0: every frame."
+    )
+
+    @model_validator(mode="after")
+    def _windows_need_json(self) -> MqttInputSource:
+        if self.payload != "json" and (self.window != 1 or self.hop is not None or self.fields):
+            raise ValueError(f'window, hop and fields apply to payload = "json" only, not {self.payload!r}')
+        return self
+
+    @property
+    def step(self) -> int:
+        return self.hop if self.hop is not None else self.window
+
+
+class _TopicWindow:
+    """The readings of one topic: what a reading looks like, and the window being filled."""
+
+    def __init__(self, cfg: MqttInputSource) -> None:
+        self.fields = list(cfg.fields)  # resolved on the first reading when empty
+        self.objects_only = bool(cfg.fields)
+        self.windower = Windower(cfg.window, cfg.step)
+
+    def row(self, item: Any) -> list[float]:
+        """One reading as a row of floats, one per field; BadPayload for anything else."""
+        if isinstance(item, dict):
+            return self._object(item)
+        if self.objects_only:
+            raise BadPayload("not an object", f"{item!r:.40} (with fields set, each reading is a JSON object)")
+        values = item if isinstance(item, list) else [item]
+        numbers = [json_number(value) for value in values]
+        if not numbers or any(number is None for number in numbers):
+            raise BadPayload("not a number", f"{item!r:.40}")
+        names = ["value"] if not isinstance(item, list) else [str(i) for i in range(len(numbers))]
+        if not self.fields:
+            self.fields = names
+        if names != self.fields:
+            raise BadPayload("not like the first reading", f"{len(numbers)} value(s), expected {len(self.fields)}")
+        return [number for number in numbers if number is not None]
+
+    def _object(self, item: dict[str, Any]) -> list[float]:
+        if not self.fields:
+            self.fields = [key for key, value in item.items() if json_number(value) is not None]
+            if not self.fields:
+                raise BadPayload("not a number", "no numeric value")
+        row = []
+        for name in self.fields:
+            if name not in item:
+                raise BadPayload("missing field", f"no key {name!r}")
+            number = json_number(item[name])
+            if number is None:
+                raise BadPayload("not a number", f"{name}={item[name]!r:.40}")
+            row.append(number)
+        return row
+
+
+class MqttInputRunner:
+    """Runs in its own thread: subscribes with its own paho client and hands frames to ``emit``.
+
+    paho's network thread only queues messages; they are decoded and emitted in the source thread, so that
+    a pipeline that blocks ``emit`` never stalls the client's keepalives.
+    """
+
+    def __init__(self, cfg: MqttInputSource, emit: Callable[[Frame], None], stop: threading.Event) -> None:
+        self.cfg = cfg
+        self.emit = emit
+        self.stop = stop
+        self.bad_inputs = 0
+        self.dropped = 0  # messages that arrived faster than the source thread took them
+        self.rate_hz = cfg.rate_hz  # changed at run time by the pipeline-rate command
+        self.host = cfg.host or DEFAULT_HOST
+        self.port = cfg.port or DEFAULT_PORT
+        self.client_id = cfg.client_id or f"edge-agent-input-{secrets.token_hex(4)}"
+        self.subscribed = threading.Event()  # set at each acknowledged subscription (after every reconnect)
+        self._messages: queue.Queue[tuple[str, bytes]] = queue.Queue(QUEUE_SIZE)
+        self._restart = threading.Event()
+        self._pacer = Pacer(stop)
+        self._warned: set[str] = set()
+        self._windows: dict[str, _TopicWindow] = {}
+        self._unreachable_logged = False
+
+    def restart(self) -> None:
+        """Start over with empty windows; call from any thread."""
+        self._restart.set()
+
+    def run(self) -> None:
+        client = self._client()
+        # connect_async + loop_start: paho's thread connects, and reconnects after every loss, on its own
+        client.connect_async(self.host, self.port, keepalive=KEEPALIVE_S)
+        client.loop_start()
+        try:
+            while not self.stop.is_set():
+                try:
+                    topic, payload = self._messages.get(timeout=POLL_S)
+                except queue.Empty:
+                    continue
+                if self._restart.is_set():
+                    self._restart.clear()
+                    self._windows.clear()
+                    self._pacer.reset()
+                self._take(topic, payload)
+        finally:
+            client.disconnect()
+            client.loop_stop()
+
+    def _client(self) -> mqtt.Client:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=self.cfg.client_id is None
+        )
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    # ---- paho's thread: no agent state touched beyond the queue and events --------------------------
+
+    def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if reason.is_failure:
+            log.warning("mqtt input %s:%d refused the connection (%s)", self.host, self.port, reason)
+            return
+        self._unreachable_logged = False
+        log.info("mqtt input connected to %s:%d, subscribing to %s", self.host, self.port, self.cfg.topic)
+        client.subscribe(self.cfg.topic, qos=1)
+
+    def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
+        if not self._unreachable_logged:
+            self._unreachable_logged = True  # once until it connects; paho keeps trying
+            log.warning("mqtt input cannot reach %s:%d; retrying until it answers", self.host, self.port)
+
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        self.subscribed.clear()
+        if not self.stop.is_set():
+            log.warning("mqtt input lost %s:%d (%s); reconnecting", self.host, self.port, reason)
+
+    def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, _mid: int, reasons: Any, _props: Any) -> None:
+        if any(code.is_failure for code in reasons):
+            log.error("mqtt input: the broker refused the subscription to %s (%s)", self.cfg.topic, reasons[0])
+            return
+        log.info("mqtt input subscribed to %s", self.cfg.topic)
+        self.subscribed.set()
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self._messages.put_nowait((msg.topic, bytes(msg.payload)))
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped == 1:
+                log.warning("mqtt input %s: messages arrive faster than they are taken; dropping (counted)", msg.topic)
+
+    # ---- the source thread ---------------------------------------------------------------------
+
+    def _take(self, topic: str, payload: bytes) -> None:
+        try:
+            frame = self._frame(topic, payload)
+        except BadPayload as exc:
+            self.bad_inputs += 1
+            note_bad(exc, f"mqtt topic {topic}", self._warned)
+            return
+        if frame is not None and self._pacer.due(self.rate_hz):
+            self.emit(frame)
+
+    def _frame(self, topic: str, payload: bytes) -> Frame | None:
+        """The frame this message completes (None while a window fills); BadPayload when it is malformed."""
+        now = time.time()
+        if self.cfg.payload == "image":
+            pixels = decode_image(payload)  # (H, W, 3)
+            meta = {"topic": topic, "width": pixels.shape[1], "height": pixels.shape[0]}
+            return Frame(pixels, now, topic, meta=meta)
+        if self.cfg.payload == "npy":
+            return Frame(decode_npy(payload), now, topic, is_tensor=True, meta={"topic": topic})
+        state = self._windows.get(topic)
+        if state is None:
+            if len(self._windows) >= MAX_TOPICS:
+                raise BadPayload("too many topics", f"over {MAX_TOPICS} topics match {self.cfg.topic}")
+            state = self._windows[topic] = _TopicWindow(self.cfg)
+        got = state.windower.push(state.row(parse_json(payload)))
+        if got is None:
+            return None
+        window, offset = got  # (window, fields)
+        meta = {"topic": topic, "offset": offset, "fields": list(state.fields)}
+        return Frame(window, now, topic, is_tensor=True, meta=meta)
