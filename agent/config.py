@@ -36,6 +36,7 @@ from agent.sources.post_extra_settings import (
     YoloPostprocess,
 )
 from agent.sources.synthetic import SyntheticSource
+from agent.sources.video import CameraSource, VideoSource
 from agent.telemetry_settings import TelemetrySection
 
 ENV_PREFIX = "EDGE_AGENT_"
@@ -93,7 +94,9 @@ SourceConfig = Annotated[
     | MicrophoneSource
     | SyntheticSource
     | MqttInputSource
-    | HttpInputSource,
+    | HttpInputSource
+    | VideoSource
+    | CameraSource,
     Field(discriminator="type"),
 ]
 
@@ -262,9 +265,12 @@ class PipelineConfig(Section):
         src = self.source
         if src.type == "http":  # a program waits for each answer: its requests queue rather than drop
             return "block"
-        if src.type in ("serial", "microphone", "mqtt"):  # live input cannot wait: the freshest window wins
+        if src.type in ("serial", "microphone", "mqtt", "camera"):  # live input cannot wait: the freshest window wins
             return "drop_oldest"
-        as_fast = not src.realtime if isinstance(src, WavSource) else getattr(src, "rate_hz", 1.0) == 0
+        if isinstance(src, VideoSource):
+            as_fast = src.rate_hz == 0 or (src.rate_hz is None and not src.realtime)
+        else:
+            as_fast = not src.realtime if isinstance(src, WavSource) else getattr(src, "rate_hz", 1.0) == 0
         return "block" if as_fast else "drop_oldest"
 
 
@@ -450,7 +456,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
             p.model_copy(
                 update={
                     "source": p.source.model_copy(update={"path": _resolve(p.source.path, base)})
-                    if isinstance(p.source, ReplaySource | LinesSource | WavSource)
+                    if isinstance(p.source, ReplaySource | LinesSource | WavSource | VideoSource)
                     else p.source,
                     "model": p.model.model_copy(
                         update={
@@ -496,7 +502,7 @@ def check_config_files(config: Config, source: Path) -> None:
         for variant in p.model.variants:
             if not variant.is_file():
                 raise ConfigError(f"{where}.model.variants: model file not found: {variant}")
-        if isinstance(p.source, ReplaySource | LinesSource | WavSource) and not p.source.path.exists():
+        if isinstance(p.source, ReplaySource | LinesSource | WavSource | VideoSource) and not p.source.path.exists():
             raise ConfigError(f"{where}.source.path: no such file or folder: {p.source.path}")
         labels = getattr(p.postprocess, "labels", None)
         if isinstance(labels, Path) and not labels.is_file():

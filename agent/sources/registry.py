@@ -14,6 +14,7 @@ from agent.sources.lines import LinesRunner, LinesSource, SerialRunner, SerialSo
 from agent.sources.mqtt_input import MqttInputRunner, MqttInputSource
 from agent.sources.replay import ReplayRunner
 from agent.sources.synthetic import SyntheticRunner, SyntheticSource
+from agent.sources.video import CameraRunner, CameraSource, VideoRunner, VideoSource
 
 
 class SourceRunner(Protocol):
@@ -40,4 +41,8 @@ def make_source(cfg: SourceConfig, emit: Callable[[Frame], None], stop: threadin
         return MqttInputRunner(cfg, emit, stop)
     if isinstance(cfg, HttpInputSource):
         return HttpInputRunner(cfg, emit, stop)
+    if isinstance(cfg, VideoSource):
+        return VideoRunner(cfg, emit, stop)
+    if isinstance(cfg, CameraSource):
+        return CameraRunner(cfg, emit, stop)
     return ReplayRunner(cfg, emit, stop)
