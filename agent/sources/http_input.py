@@ -16,9 +16,9 @@ from pydantic import Field
 
 from agent.errors import SourceError
 from agent.schema import Section
-from agent.sources.base import Frame
+from agent.sources.base import Frame, note_bad
 from agent.sources.pacing import Pacer
-from agent.sources.payloads import BadPayload, decode_image, decode_npy, json_tensor, note_bad, parse_json
+from agent.sources.payloads import BadPayload, decode_image, decode_npy, json_tensor, parse_json
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from typing import Any, Literal
 from pydantic import Field
 
 from agent.errors import SourceError
-from agent.sources.base import Frame
+from agent.sources.base import Frame, note_bad
 from agent.sources.pacing import Pacer, open_with_retry
-from agent.sources.records import BadLine, LineFormat, LineParser, LineSplitter, Windower, note_bad
+from agent.sources.records import BadLine, LineFormat, LineParser, LineSplitter, Windower
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class LinesRunner:
             row = state.parser.parse(line)
         except BadLine as exc:
             self.bad_inputs += 1
-            note_bad(exc, str(self.cfg.path), self._warned)
+            note_bad(exc, str(self.cfg.path), self._warned, "line")
             return 0
         got = None if row is None else state.windower.push(row)
         if got is None:
@@ -265,7 +265,7 @@ class SerialRunner:
             row = state.parser.parse(line)
         except BadLine as exc:
             self.bad_inputs += 1
-            note_bad(exc, self.cfg.port, self._warned)
+            note_bad(exc, self.cfg.port, self._warned, "line")
             return
         got = None if row is None else state.windower.push(row)
         if got is None or not self._pacer.due(self.rate_hz):

@@ -15,9 +15,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import Field, model_validator
 
 from agent.schema import Section
-from agent.sources.base import Frame
+from agent.sources.base import Frame, note_bad
 from agent.sources.pacing import Pacer
-from agent.sources.payloads import BadPayload, decode_image, decode_npy, json_number, note_bad, parse_json
+from agent.sources.payloads import BadPayload, decode_image, decode_npy, json_number, parse_json
 from agent.sources.records import Windower
 
 log = logging.getLogger(__name__)

@@ -12,27 +12,15 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from agent.sources.base import BadInput
+
 log = logging.getLogger(__name__)
 
 MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs rather than eat the device's memory
 IMAGE_FORMATS = ("JPEG", "PNG")
 
 
-class BadPayload(Exception):
-    """An input that cannot be decoded; ``kind`` groups them so that each kind is logged once."""
-
-    def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(detail)
-        self.kind = kind
-
-
-def note_bad(exc: BadPayload, where: str, warned: set[str]) -> None:
-    """Log the first bad input of each kind; the caller counts them all."""
-    if exc.kind not in warned:
-        warned.add(exc.kind)
-        log.warning(
-            "%s: skipping an input (%s: %s); further inputs like it are counted, not logged", where, exc.kind, exc
-        )
+BadPayload = BadInput  # an input message that cannot be decoded
 
 
 def decode_image(data: bytes) -> np.ndarray:

@@ -14,6 +14,7 @@ from pydantic import Field
 
 from agent.errors import SourceError
 from agent.schema import Section
+from agent.sources.base import BadInput
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +44,7 @@ class LineFormat(Section):
         return self.hop if self.hop is not None else self.window
 
 
-class BadLine(Exception):
-    """A line that is not a reading; ``kind`` groups them so that each kind is logged once."""
-
-    def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(detail)
-        self.kind = kind
-
-
-def note_bad(exc: BadLine, where: str, warned: set[str]) -> None:
-    """Log the first bad line of each kind; the caller counts them all."""
-    if exc.kind not in warned:
-        warned.add(exc.kind)
-        log.warning("%s: skipping a line (%s: %s); further lines like it are counted, not logged", where, exc.kind, exc)
+BadLine = BadInput  # a line that is not a reading
 
 
 class LineSplitter:
