@@ -17,7 +17,7 @@ from pydantic import Field
 from agent.errors import SourceError
 from agent.schema import Section
 from agent.sources.base import Frame
-from agent.sources.pacing import Pacer, open_with_retry
+from agent.sources.pacing import Runner, open_with_retry
 from agent.sources.pcm import SampleWindower, read_wav, resample
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class MicrophoneSource(Section):
     retry_s: float = Field(2.0, gt=0, description="Seconds between attempts to open a device that is missing or busy.")
 
 
-class WavRunner:
+class WavRunner(Runner):
     """Runs in its own thread: hands windows of a WAV file to ``emit``, in real time or as fast as taken.
 
     The file is decoded into memory once (4 bytes a sample: 230 MB for an hour at 16 kHz), on the first
@@ -69,18 +69,14 @@ class WavRunner:
     """
 
     def __init__(self, cfg: WavSource, emit: Callable[[Frame], None], stop: threading.Event) -> None:
+        super().__init__(emit, stop)
         self.cfg = cfg
-        self.emit = emit
-        self.stop = stop
-        self.bad_inputs = 0
         self.hop = cfg.hop if cfg.hop is not None else cfg.window
         header = read_wav(cfg.path, header_only=True)  # a non-WAV file fails here, before the pipeline starts
         self.sample_rate = cfg.sample_rate or header.sample_rate
         # changed at run time by the pipeline-rate command; 0: as fast as taken
         self.rate_hz = self.sample_rate / self.hop if cfg.realtime else 0.0
         self._samples: np.ndarray | None = None
-        self._restart = threading.Event()
-        self._pacer = Pacer(stop)
 
     def restart(self) -> None:
         """Start over from the first window; call from any thread."""
@@ -136,20 +132,17 @@ def import_sounddevice() -> Any:
         raise SourceError(f"sounddevice cannot load PortAudio ({exc}): apt-get install libportaudio2") from None
 
 
-class MicrophoneRunner:
+class MicrophoneRunner(Runner):
     """Runs in its own thread: records windows from a microphone, waiting for the device while it is missing."""
 
     def __init__(self, cfg: MicrophoneSource, emit: Callable[[Frame], None], stop: threading.Event) -> None:
+        super().__init__(emit, stop)
         self.sd = import_sounddevice()
         self.cfg = cfg
-        self.emit = emit
-        self.stop = stop
-        self.bad_inputs = 0  # blocks the device overwrote before they were read
+        # bad_inputs counts blocks the device overwrote before they were read
         self.rate_hz = cfg.rate_hz  # changed at run time by the pipeline-rate command
         self.hop = cfg.hop if cfg.hop is not None else cfg.window
         self.origin = f"microphone:{cfg.device or 'default'}"
-        self._restart = threading.Event()
-        self._pacer = Pacer(stop)
         self._warned = False
 
     def restart(self) -> None:

@@ -19,7 +19,7 @@ from pydantic import Field
 
 from agent.errors import SourceError
 from agent.sources.base import Frame, note_bad
-from agent.sources.pacing import Pacer, open_with_retry
+from agent.sources.pacing import Runner, open_with_retry
 from agent.sources.records import BadLine, LineFormat, LineParser, LineSplitter, Windower
 
 log = logging.getLogger(__name__)
@@ -67,10 +67,11 @@ class _Windows:
         self.windower = Windower(self.cfg.window, self.cfg.step)
 
 
-class LinesRunner:
+class LinesRunner(Runner):
     """Runs in its own thread: reads lines from a file or FIFO and hands windows to ``emit``."""
 
     def __init__(self, cfg: LinesSource, emit: Callable[[Frame], None], stop: threading.Event) -> None:
+        super().__init__(emit, stop)
         if cfg.path.is_fifo():
             self.fifo = True
         elif cfg.path.is_file():
@@ -80,12 +81,7 @@ class LinesRunner:
         else:
             raise SourceError(f"{cfg.path}: no such file or FIFO")
         self.cfg = cfg
-        self.emit = emit
-        self.stop = stop
-        self.bad_inputs = 0
         self.rate_hz = cfg.rate_hz  # changed at run time by the pipeline-rate command
-        self._restart = threading.Event()
-        self._pacer = Pacer(stop)
         self._warned: set[str] = set()
 
     def restart(self) -> None:
@@ -217,18 +213,14 @@ def open_port(serial: ModuleType, cfg: SerialSource) -> Any:
         raise SourceError(f"serial port {cfg.port} {why}") from None
 
 
-class SerialRunner:
+class SerialRunner(Runner):
     """Runs in its own thread: reads lines from a serial port, waiting for the port while it is missing."""
 
     def __init__(self, cfg: SerialSource, emit: Callable[[Frame], None], stop: threading.Event) -> None:
+        super().__init__(emit, stop)
         self.serial = import_pyserial()
         self.cfg = cfg
-        self.emit = emit
-        self.stop = stop
-        self.bad_inputs = 0
         self.rate_hz = cfg.rate_hz  # changed at run time by the pipeline-rate command
-        self._restart = threading.Event()
-        self._pacer = Pacer(stop)
         self._warned: set[str] = set()
 
     def restart(self) -> None:

@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 
 from agent.schema import Section
 from agent.sources.base import Frame, note_bad
-from agent.sources.pacing import Pacer
+from agent.sources.pacing import Runner
 from agent.sources.payloads import BadPayload, decode_image, decode_npy, json_number, parse_json
 from agent.sources.records import Windower
 
@@ -114,7 +114,7 @@ class _TopicWindow:
         return row
 
 
-class MqttInputRunner:
+class MqttInputRunner(Runner):
     """Runs in its own thread: subscribes with its own paho client and hands frames to ``emit``.
 
     paho's network thread only queues messages; they are decoded and emitted in the source thread, so that
@@ -122,10 +122,8 @@ class MqttInputRunner:
     """
 
     def __init__(self, cfg: MqttInputSource, emit: Callable[[Frame], None], stop: threading.Event) -> None:
+        super().__init__(emit, stop)
         self.cfg = cfg
-        self.emit = emit
-        self.stop = stop
-        self.bad_inputs = 0
         self.dropped = 0  # messages that arrived faster than the source thread took them
         self.rate_hz = cfg.rate_hz  # changed at run time by the pipeline-rate command
         self.host = cfg.host or DEFAULT_HOST
@@ -133,8 +131,6 @@ class MqttInputRunner:
         self.client_id = cfg.client_id or f"edge-agent-input-{secrets.token_hex(4)}"
         self.subscribed = threading.Event()  # set at each acknowledged subscription (after every reconnect)
         self._messages: queue.Queue[tuple[str, bytes]] = queue.Queue(QUEUE_SIZE)
-        self._restart = threading.Event()
-        self._pacer = Pacer(stop)
         self._warned: set[str] = set()
         self._windows: dict[str, _TopicWindow] = {}
         self._unreachable_logged = False

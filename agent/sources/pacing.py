@@ -6,13 +6,31 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from agent.errors import SourceError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+class Runner:
+    """What every sensor source's runner has: the frame callback, the stop event, a count of malformed input,
+    a rate the pipeline-rate command may change, a restart request and a pacer. Subclasses set ``rate_hz``
+    from their config and say in ``restart`` what starting over means for them."""
+
+    def __init__(self, emit: Callable[[Any], None], stop: threading.Event) -> None:
+        self.emit = emit
+        self.stop = stop
+        self.bad_inputs = 0
+        self.rate_hz = 0.0  # changed at run time by the pipeline-rate command
+        self._restart = threading.Event()
+        self._pacer = Pacer(stop)
+
+    def restart(self) -> None:
+        """Start over; call from any thread."""
+        self._restart.set()
 
 
 class Pacer:

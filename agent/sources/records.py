@@ -7,7 +7,7 @@ import csv
 import json
 import logging
 import math
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
@@ -15,6 +15,7 @@ from pydantic import Field
 from agent.errors import SourceError
 from agent.schema import Section
 from agent.sources.base import BadInput
+from agent.sources.payloads import json_number
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +84,6 @@ def _number(value: str, name: str) -> float:
     return number
 
 
-def _json_number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
-
-
 class LineParser:
     """Turns one line into a row of floats, one per field; a new parser for each pass over the input."""
 
@@ -156,14 +147,14 @@ class LineParser:
         if not isinstance(item, dict):
             raise BadLine("bad JSON", "not an object")
         if not self.fields:
-            self.fields = [key for key, value in item.items() if _json_number(value) is not None]
+            self.fields = [key for key, value in item.items() if json_number(value) is not None]
             if not self.fields:
                 raise BadLine("not a number", "no numeric value")
         row = []
         for name in self.fields:
             if name not in item:
                 raise BadLine("missing field", f"no key {name!r}")
-            number = _json_number(item[name])
+            number = json_number(item[name])
             if number is None:
                 raise BadLine("not a number", f"{name}={item[name]!r:.40}")
             row.append(number)

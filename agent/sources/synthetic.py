@@ -14,7 +14,7 @@ from pydantic import Field
 
 from agent.schema import Section
 from agent.sources.base import Frame
-from agent.sources.pacing import Pacer
+from agent.sources.pacing import Runner
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +37,16 @@ class SyntheticSource(Section):
     count: int = Field(0, ge=0, description="Frames to make before the source ends; 0: forever.")
 
 
-class SyntheticRunner:
+class SyntheticRunner(Runner):
     """Runs in its own thread: makes frames and hands them to ``emit`` at the configured rate."""
 
     def __init__(self, cfg: SyntheticSource, emit: Callable[[Frame], None], stop: threading.Event) -> None:
+        super().__init__(emit, stop)
         self.cfg = cfg
-        self.emit = emit
-        self.stop = stop
-        self.bad_inputs = 0  # nothing generated is malformed; kept for the runner interface
+        # bad_inputs counts nothing generated is malformed; kept for the runner interface
         self.rate_hz = cfg.rate_hz  # changed at run time by the pipeline-rate command
         self.image = cfg.dtype == "uint8" and len(cfg.shape) == 3 and cfg.shape[2] == 3
         self._size = math.prod(cfg.shape)
-        self._restart = threading.Event()
-        self._pacer = Pacer(stop)
 
     def restart(self) -> None:
         """Start over from the first frame (and the first noise of the seed); call from any thread."""

@@ -18,7 +18,7 @@ from pydantic import Field
 from agent.errors import SourceError
 from agent.schema import Section
 from agent.sources.base import Frame
-from agent.sources.pacing import Pacer, open_with_retry
+from agent.sources.pacing import Runner, open_with_retry
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def to_rgb(cv2: Any, image: np.ndarray) -> np.ndarray:
     return np.asarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), np.uint8)
 
 
-class VideoRunner:
+class VideoRunner(Runner):
     """Runs in its own thread: hands frames of a video file to ``emit``, in real time or as fast as read.
 
     A frame that fails to decode is counted in ``bad_inputs`` and skipped; MAX_BAD_IN_A_ROW of them one after
@@ -91,11 +91,9 @@ class VideoRunner:
     """
 
     def __init__(self, cfg: VideoSource, emit: Callable[[Frame], None], stop: threading.Event) -> None:
+        super().__init__(emit, stop)
         self.cv2 = import_cv2()
         self.cfg = cfg
-        self.emit = emit
-        self.stop = stop
-        self.bad_inputs = 0
         cap = self._open()  # a missing or unreadable file fails here, before the pipeline starts
         try:
             fps = float(cap.get(self.cv2.CAP_PROP_FPS))
@@ -114,8 +112,6 @@ class VideoRunner:
         else:
             raise SourceError(f"{cfg.path}: the file does not say its frame rate; set rate_hz, or realtime = false")
         self.rate_hz = rate  # changed at run time by the pipeline-rate command
-        self._restart = threading.Event()
-        self._pacer = Pacer(stop)
 
     def restart(self) -> None:
         """Start over from the first frame; call from any thread."""
@@ -193,22 +189,19 @@ class VideoRunner:
         return in_a_row
 
 
-class CameraRunner:
+class CameraRunner(Runner):
     """Runs in its own thread: captures frames from a camera, waiting for it while it is missing or busy."""
 
     def __init__(self, cfg: CameraSource, emit: Callable[[Frame], None], stop: threading.Event) -> None:
+        super().__init__(emit, stop)
         self.cv2 = import_cv2()
         self.cfg = cfg
-        self.emit = emit
-        self.stop = stop
-        self.bad_inputs = 0  # reads that delivered no frame
+        # bad_inputs counts reads that delivered no frame
         self.rate_hz = cfg.rate_hz  # changed at run time by the pipeline-rate command
         device = cfg.device
         self.device: str | int = int(device) if isinstance(device, str) and device.isdigit() else device
         self.origin = f"camera:{self.device}"
         self.frames = 0
-        self._restart = threading.Event()
-        self._pacer = Pacer(stop)
 
     def restart(self) -> None:
         """Count frames from 0 again (a camera has no first frame to go back to); call from any thread."""
