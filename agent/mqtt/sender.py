@@ -49,7 +49,6 @@ class OutboxSender:
         self._acked: list[int] = []
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
-        self._idle = asyncio.Event()
         self._progress = asyncio.Event()  # set at every acknowledgement recorded or refusal
         # Messages this process appended, kept to hand over without reading them back from disk; used only
         # while ``_synced``: the outbox was read to its end since the last gap (restart, outage, overflow).
@@ -96,11 +95,9 @@ class OutboxSender:
             if len(batch) < room:
                 batch += await self._next(room - len(batch))
             if not batch:
-                self._idle.set()
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            self._idle.clear()
             for message in batch:
                 self._hand(message)
 

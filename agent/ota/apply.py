@@ -8,9 +8,6 @@ outputs with the expected ones, then checks the latency against a budget.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
 import statistics
 import time
@@ -22,7 +19,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from agent.config import PipelineConfig, PostprocessConfig, PreprocessConfig, format_validation_error
 from agent.errors import OtaError
-from agent.ota.manifest import MANIFEST_NAME, Manifest
+from agent.ota.manifest import MANIFEST_NAME, Manifest, decode_envelope
 from agent.ota.release import load_reference
 
 log = logging.getLogger(__name__)
@@ -34,10 +31,9 @@ def installed_manifest(folder: Path) -> Manifest:
     """The manifest of a release in the store. Its signature was checked before it was installed; expiry
     and version only matter for new releases, so neither is checked again here."""
     try:
-        envelope = json.loads((folder / MANIFEST_NAME).read_bytes())
-        payload = base64.b64decode(envelope["payload"], validate=True)
+        payload, _ = decode_envelope((folder / MANIFEST_NAME).read_bytes())
         return Manifest.model_validate_json(payload)
-    except (OSError, ValueError, KeyError, TypeError, binascii.Error) as exc:
+    except (OSError, ValueError, OtaError) as exc:
         raise OtaError(f"{folder}: unreadable installed manifest: {exc}") from exc
 
 
