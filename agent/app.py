@@ -17,6 +17,7 @@ from agent import __version__
 from agent.config import Config
 from agent.control import Control
 from agent.errors import AgentError
+from agent.liveness import Liveness
 from agent.mqtt.homeassistant import discovery_messages
 from agent.mqtt.link import MqttLink
 from agent.mqtt.outbox import Outbox, outbox_path
@@ -26,6 +27,8 @@ from agent.ota.serving import load_serving, recover
 from agent.ota.store import ReleaseStore
 from agent.pipeline import Pipeline
 from agent.state import SeqAllocator, resolve_state_dir
+from agent.status_file import status_path
+from agent.systemd import Notifier
 
 if TYPE_CHECKING:
     from agent.ota.updater import Updater
@@ -46,6 +49,8 @@ class Agent:
         self.started = time.monotonic()
         self._tasks: dict[str, asyncio.Future[None]] = {}
         self._tg: asyncio.TaskGroup | None = None
+        self.notifier = Notifier()
+        self.liveness: Liveness | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -55,7 +60,8 @@ class Agent:
         loop = asyncio.get_running_loop()
         self._install_signals(loop)
         self.state_dir = state_dir = resolve_state_dir(self.config.agent.state_dir)
-        outbox = await self._load(state_dir)
+        self.liveness = liveness = Liveness(self, self.notifier, status_path(self.config))
+        outbox = await liveness.loading(self._load(state_dir))
         link = MqttLink(self.config.mqtt, self.topics, loop)
         self.sender = sender = OutboxSender(outbox, link, self.config.mqtt.max_inflight, self._delivered)
         self.control = control = Control(self, link)
@@ -65,21 +71,9 @@ class Agent:
         metrics = self._metrics(control)
         link.start()
         self._announce(link)
-        for p in self.pipelines:
-            log.info(
-                "pipeline %s: %s on %s -> %s",
-                p.name,
-                p.model.cfg.model.path.name,
-                ", ".join(p.model.session.accelerators),
-                p.topic,
-            )
-        log.info(
-            "ready %.0f ms after process start (models loaded in %.0f ms, pid %d)",
-            (time.time() - psutil.Process().create_time()) * 1000,
-            (time.monotonic() - self.started) * 1000,
-            os.getpid(),
-        )
+        self._log_ready()
         self.ready.set()
+        liveness.ready()
         timeout = self.config.agent.shutdown_timeout_s
         try:
             async with asyncio.TaskGroup() as tg:
@@ -90,6 +84,7 @@ class Agent:
                     tg.create_task(sender.run(), name="outbox"),
                     tg.create_task(self._report_stats(), name="stats"),
                     tg.create_task(self._stop_on_request(), name="stop"),
+                    tg.create_task(liveness.run(), name="liveness"),
                 ]
                 if updater:
                     side.append(tg.create_task(updater.run(), name="ota"))
@@ -106,11 +101,13 @@ class Agent:
                 for task in side:
                     task.cancel()
         finally:
+            liveness.stopping()
             await link.stop(timeout)
             await asyncio.to_thread(outbox.close)
             if metrics is not None:
                 metrics.close()
             self._log_stats("final")
+            liveness.stopped()
         failed = [p for p in self.pipelines if p.error is not None]
         for p in failed:
             log.error("pipeline %s stopped: %s", p.name, p.error)
@@ -136,6 +133,22 @@ class Agent:
         if left:
             log.warning("%d result(s) from before the last stop are still undelivered; sending them first", left)
         return outbox
+
+    def _log_ready(self) -> None:
+        for p in self.pipelines:
+            log.info(
+                "pipeline %s: %s on %s -> %s",
+                p.name,
+                p.model.cfg.model.path.name,
+                ", ".join(p.model.session.accelerators),
+                p.topic,
+            )
+        log.info(
+            "ready %.0f ms after process start (models loaded in %.0f ms, pid %d)",
+            (time.time() - psutil.Process().create_time()) * 1000,
+            (time.monotonic() - self.started) * 1000,
+            os.getpid(),
+        )
 
     def _start(self, p: Pipeline) -> None:
         assert self._tg is not None and self.sender is not None
@@ -215,6 +228,8 @@ class Agent:
     async def _stop_on_request(self) -> None:
         await self._stop.wait()
         log.info("stopping: finishing queued frames and waiting for acknowledgements")
+        if self.liveness is not None:
+            self.liveness.stopping()
         for p in list(self.pipelines):
             p.stop()
 

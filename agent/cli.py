@@ -21,6 +21,7 @@ from agent.config import DEMO_CONFIG_FILE, Config, default_config_file, json_sch
 from agent.errors import AgentError
 from agent.ota.release_cli import add_release_parser, run_release
 from agent.ota.update_cli import add_parsers as add_update_parsers
+from agent.status_cli import add_parser as add_status_parser
 
 log = logging.getLogger("agent")
 
@@ -71,6 +72,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_release_parser(sub)
     add_update_parsers(sub, _config_arg)
+    add_status_parser(sub, _config_arg)
 
     cfg = sub.add_parser("config", help="inspect and validate configuration", description="Configuration tools.")
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", parser_class=_Parser)
@@ -374,7 +376,7 @@ def cmd_update(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from agent.ota.update_cli import cmd_status as status
+    from agent.status_cli import cmd_status as status
 
     config, _ = _load(args.config)
     return status(config, args.json)

@@ -70,6 +70,19 @@ class AgentSection(Section):
     shutdown_timeout_s: float = Field(
         5.0, gt=0, le=60, description="On SIGTERM, how long in-flight results may take to be acknowledged."
     )
+    status_file: Path | None = Field(
+        None,
+        description="Where the running agent keeps its state for 'edge-agent status' (pipelines, placement, queues, "
+        "outbox, last update), rewritten every status_interval_s. Default: $RUNTIME_DIRECTORY/status.json under "
+        "systemd, else status.json in the state folder.",
+    )
+    status_interval_s: float = Field(2.0, gt=0, le=3600, description="How often the status file is rewritten.")
+    inference_stall_s: float = Field(
+        60.0,
+        gt=0,
+        description="An inference (re-planning after a failure included) that has not returned after this long "
+        "counts as wedged: the agent stops its systemd watchdog pings, so that systemd restarts the service.",
+    )
 
 
 class ReplaySource(Section):
@@ -487,8 +500,8 @@ def _resolve_paths(config: Config, base: Path) -> Config:
 
 
 def _broker_of(source: MqttInputSource, mqtt: MqttSection) -> dict[str, Any]:
-    """An MQTT input without its own broker reads from the agent's."""
-    return {"host": source.host or mqtt.host, "port": source.port or mqtt.port}
+    """An MQTT input without its own broker reads from the agent's, connected to as the agent is (TLS included)."""
+    return source.on_agent_broker(mqtt)
 
 
 def check_config_files(config: Config, source: Path) -> None:

@@ -139,6 +139,7 @@ class Control:
                 "failed": session.failed,
                 "rate_hz": p.source.rate_hz,
                 "error": None if p.error is None else str(p.error),
+                "placement": _placement(session),
             }
         return {
             "device": agent.topics.device_id,
@@ -188,3 +189,14 @@ class Control:
             body = json.dumps(self.telemetry()).encode()
             fut = self.link.publish(self.agent.topics.telemetry, body, qos=1)
             fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
+def _placement(session: Any) -> list[dict[str, Any]] | None:
+    """The plan's segments (accelerator, layers, predicted ms); None where the model runs directly."""
+    plan = getattr(session, "plan", None)
+    if plan is None:
+        return None
+    return [
+        {"accelerator": s.accelerator, "layers": [s.start, s.stop - 1], "predicted_ms": round(s.predicted_ms, 3)}
+        for s in plan.segments
+    ]

@@ -157,6 +157,11 @@ def _bind_inputs(
     return fed[0], state, constants
 
 
+def _offset(frame: Frame) -> float | None:
+    value = frame.meta.get("offset_s")
+    return float(value) if isinstance(value, int | float) else None
+
+
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -178,6 +183,7 @@ class Pipeline:
         self._stop_requested = asyncio.Event()
         self.source = make_source(cfg.source, self._emit, self._stop)
         self.error: AgentError | None = None
+        self.busy_since: float | None = None  # time.monotonic() when the inference in progress began
 
     @property
     def name(self) -> str:
@@ -189,8 +195,16 @@ class Pipeline:
         snap["frames_dropped"] = self.frames.dropped  # overwritten before inference took them
         snap["bad_inputs"] += self.source.bad_inputs  # unreadable files, garbage lines, truncated audio
         snap["queue_depth"] = len(self.frames)
+        snap["results_queued"] = len(self.results)  # inferred, not yet written to the outbox
         snap["unacked_at_stop"] = self.counters.unacked_at_stop
         return snap
+
+    def inference_stuck_s(self, now: float | None = None) -> float:
+        """How long the inference in progress has run; 0 when none is."""
+        since = self.busy_since
+        if since is None:
+            return 0.0
+        return max(0.0, (time.monotonic() if now is None else now) - since)
 
     def swap_model(self, new: LoadedModel) -> LoadedModel:
         """Serve ``new`` from the next frame on and return the model it replaces (still open: the caller
@@ -260,7 +274,11 @@ class Pipeline:
                     return
                 try:
                     with self._model_lock:
-                        result = self.model.infer(frame)
+                        self.busy_since = time.monotonic()
+                        try:
+                            result = self.model.infer(frame)
+                        finally:
+                            self.busy_since = None
                 except SourceError as exc:
                     self.counters.bad_inputs += 1
                     log.warning("pipeline %s: skipping input: %s", self.name, exc)
@@ -319,8 +337,12 @@ class Pipeline:
     def _payload(self, result: Inferred) -> bytes | None:
         """Post-process and serialise one result; None (counted, logged) if its outputs make no sense."""
         frame = result.frame
+        post: Any = result.model.post
         try:
-            output = result.model.post(result.outputs, result.box)
+            if getattr(post, "takes_offset", False):  # voice activity: events say where in the stream they began
+                output = post(result.outputs, result.box, offset=_offset(frame))
+            else:
+                output = post(result.outputs, result.box)
         except (ValueError, IndexError, KeyError) as exc:  # outputs of an unexpected shape
             self.counters.inference_errors += 1
             log.error("pipeline %s: post-processing failed for %s: %s", self.name, frame.origin, exc)

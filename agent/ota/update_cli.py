@@ -1,5 +1,4 @@
-"""``edge-agent update`` (fetch, verify and install the latest release now, with progress) and
-``edge-agent status`` (what the daemon last reported about itself; today: its models and updates)."""
+"""``edge-agent update``: fetch, verify and install the latest release now, with progress."""
 
 from __future__ import annotations
 
@@ -7,7 +6,6 @@ import argparse
 import asyncio
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from agent.config import Config
@@ -55,47 +53,6 @@ def _progress(as_json: bool) -> Any:
     return show
 
 
-def cmd_status(config: Config, as_json: bool) -> int:
-    from agent.ota.store import ReleaseStore
-
-    state_dir = resolve_state_dir(config.agent.state_dir)
-    store = ReleaseStore(state_dir / "ota")
-    models: dict[str, dict[str, Any]] = {}
-    for p in config.pipelines:
-        release = p.model.release
-        current = store.current(release) if release else None
-        models[p.name] = {
-            "release": release,
-            "version": current if current is not None else p.model.version,
-            "factory": current is None,
-            "previous": store.previous(release) if release else None,
-            "rejected": {str(v): why for v, why in store.rejected(release).items()} if release else {},
-        }
-    ota = _read_json(state_dir / "ota" / "status.json")
-    out = {"state_dir": str(state_dir), "pipelines": models, "ota": ota}
-    if as_json:
-        print(json.dumps(out, indent=2))
-        return 0
-    for name, m in models.items():
-        where = f"release {m['release']} " if m["release"] else ""
-        print(f"pipeline {name}: {where}version {m['version']}{' (factory model)' if m['factory'] else ''}")
-        for version, why in m["rejected"].items():
-            print(f"  rejected version {version}: {why}")
-    if ota:
-        about = f" {ota.get('release')} version {ota.get('version')}" if ota.get("version") is not None else ""
-        error = f": {ota['error']}" if ota.get("error") else ""
-        print(f"last update:{about} {ota.get('state')}{error}")
-    return 0
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def add_parsers(sub: argparse._SubParsersAction[Any], config_arg: Any) -> None:
     update = sub.add_parser(
         "update",
@@ -106,11 +63,3 @@ def add_parsers(sub: argparse._SubParsersAction[Any], config_arg: Any) -> None:
     )
     config_arg(update)
     update.add_argument("--json", action="store_true", help="print each status change as a JSON line")
-    status = sub.add_parser(
-        "status",
-        help="show the models in service, their versions, and the last update",
-        description="Read what the agent keeps in its state folder: installed releases, rejected versions and the "
-        "last update's status.",
-    )
-    config_arg(status)
-    status.add_argument("--json", action="store_true", help="print JSON")

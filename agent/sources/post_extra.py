@@ -119,6 +119,8 @@ class VoiceActivity:
     break a run without changing the state, so a probability hovering around one threshold cannot flap.
     """
 
+    takes_offset = True  # the pipeline passes each window's offset in the stream (seconds)
+
     def __init__(self, cfg: VadPostprocess, spec: TensorSpec) -> None:
         self.cfg = cfg
         self.name = spec.name
