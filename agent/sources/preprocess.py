@@ -80,12 +80,20 @@ class Preprocessor:
             data = data[None]
         if tuple(data.shape) != self.batch_shape and data.size == int(np.prod(self.batch_shape)):
             data = data.reshape(self.batch_shape)  # e.g. a (512,) audio window for a (1, 512) input
-        if tuple(data.shape) != self.batch_shape:
+        if not self._fits(data.shape):
             raise SourceError(
                 f"{frame.origin}: tensor of shape {tuple(frame.data.shape)} does not fit model input "
                 f"{self.spec.name!r} {format_shape(self.spec.shape)}"
             )
         return self._cast(data)
+
+    def _fits(self, shape: tuple[int, ...]) -> bool:
+        """A dynamic dimension takes the frame's size (Silero VAD's input is (batch, samples), both dynamic),
+        but a frame is one batch item: recurrent state and post-processing are built for a batch of one."""
+        dims = self.spec.shape
+        if len(shape) != len(dims) or (len(dims) > 1 and shape[0] != self.batch_shape[0]):
+            return False
+        return all(d is None or d == n for d, n in zip(dims, shape, strict=True))
 
     def _cast(self, data: np.ndarray) -> np.ndarray:
         """To the input's dtype; float data for a quantized integer input is quantized with its scale and
