@@ -109,6 +109,7 @@ class AgentProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            errors="replace",  # a native library may write bytes that are not UTF-8 (OpenCV on a damaged file)
             cwd=ROOT,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -31,7 +31,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.errors import ConfigError, PublishError
+from agent.errors import PublishError
+from agent.mqtt.security import load_security
 from agent.mqtt.settings import MqttSection
 from agent.mqtt.topics import Topics
 
@@ -91,10 +92,7 @@ class MqttLink:
                 protocol=mqtt.MQTTv311,
                 clean_session=cfg.session_expiry_s == 0,
             )
-        if cfg.username is not None:
-            self._client.username_pw_set(cfg.username, cfg.password)
-        if cfg.tls:
-            self._client.tls_set_context(_tls_context(cfg))  # verification on; never tls_insecure_set
+        load_security(cfg, "mqtt").apply(self._client)  # ConfigError (one line) for a file that cannot be loaded
         self._client.will_set(topics.availability, OFFLINE, qos=1, retain=True)
         # paho's own in-flight window; the agent bounds what it hands over with max_inflight
         self._client.max_inflight_messages_set(cfg.max_inflight)
@@ -286,13 +284,3 @@ class MqttLink:
                 fut.set_exception(PublishError(f"broker refused the message: {reason}", refused=True))
             else:
                 fut.set_result(None)
-
-
-def _tls_context(cfg: MqttSection) -> ssl.SSLContext:
-    try:
-        context = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
-        if cfg.client_cert is not None:
-            context.load_cert_chain(cfg.client_cert, cfg.client_key)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"mqtt TLS: cannot load {cfg.ca_file or ''} {cfg.client_cert or ''}: {exc}") from exc
-    return context

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,9 +14,10 @@ from typing import Any
 import pytest
 
 from agent.mqtt.link import MqttLink, backoff_delays
-from agent.mqtt.localbroker import Mosquitto, find_mosquitto, free_port, reachable
+from agent.mqtt.localbroker import Mosquitto
 from agent.mqtt.settings import MqttSection
 from agent.mqtt.topics import Topics
+from tests.mqtt.tls_broker import tls_mosquitto
 from tests.ota.https_server import Pki, make_pki
 
 
@@ -33,29 +31,8 @@ def test_backoff_doubles_to_its_ceiling_with_jitter_in_the_upper_half() -> None:
 
 @pytest.fixture
 def tls_broker(tmp_path: Path) -> Iterator[tuple[int, Pki]]:
-    binary = find_mosquitto()
-    if binary is None:
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
-    pki = make_pki(tmp_path / "pki")
-    passwords = tmp_path / "passwd"
-    passwords.write_text("")
-    subprocess.run(["mosquitto_passwd", "-b", str(passwords), "device", "s3cret"], check=True, capture_output=True)
-    port = free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\ncafile {pki.ca_cert}\ncertfile {pki.server_cert}\nkeyfile {pki.server_key}\n"
-        f"require_certificate true\nallow_anonymous false\npassword_file {passwords}\n"
-        # started as root, mosquitto would drop to its own user, who cannot read the test's private folder
-        + ("user root\n" if os.geteuid() == 0 else "")
-    )
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 10
-    while not reachable("127.0.0.1", port, timeout=0.2):
-        assert proc.poll() is None and time.monotonic() < deadline, "mosquitto with TLS did not start"
-        time.sleep(0.05)  # polling a port that is not yet open; there is nothing to wait on
-    yield port, pki
-    proc.terminate()
-    proc.wait(5)
+    with tls_mosquitto(tmp_path) as broker:
+        yield broker.port, broker.pki
 
 
 async def publish_once(section: MqttSection, seconds: float = 10.0) -> bool:
