@@ -108,9 +108,7 @@ class Agent:
                 metrics.close()
             self._log_stats("final")
             liveness.stopped()
-        failed = [p for p in self.pipelines if p.error is not None]
-        for p in failed:
-            log.error("pipeline %s stopped: %s", p.name, p.error)
+        failed = [p for p in self.pipelines if p.error is not None]  # each logged by Pipeline.run as it failed
         if failed and len(failed) == len(self.pipelines):
             raise failed[0].error or AgentError("every pipeline failed")
         return 0

@@ -17,8 +17,16 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from agent import __version__
-from agent.config import DEMO_CONFIG_FILE, Config, default_config_file, json_schema, load_config
-from agent.errors import AgentError
+from agent.config import (
+    DEMO_CONFIG_FILE,
+    Config,
+    check_broker_files,
+    check_config_files,
+    default_config_file,
+    json_schema,
+    load_config,
+)
+from agent.errors import AgentError, SourceError
 from agent.ota.release_cli import add_release_parser, run_release
 from agent.ota.update_cli import add_parsers as add_update_parsers
 from agent.status_cli import add_parser as add_status_parser
@@ -245,6 +253,20 @@ def _check_models(config: Config, source: Path) -> None:
             raise AgentError(f"{source}: pipelines.{p.name}.model.path: {exc}") from exc
 
 
+def _check_sources(config: Config, source: Path) -> None:
+    """Input files open as their pipelines open them at start (a video OpenCV cannot read, a file that is no
+    WAV). The daemon fails only such a pipeline; the check names the problem before it runs."""
+    from agent.sources.registry import check_source
+
+    for p in config.pipelines:
+        for i, src in enumerate(p.inputs):
+            at = f"pipelines.{p.name}.source" + (f".sources[{i}]" if len(p.inputs) > 1 else "")
+            try:
+                check_source(src)
+            except SourceError as exc:
+                raise AgentError(f"{source}: {at}: {exc}") from exc
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     if args.config_command == "schema":
         print(json.dumps(json_schema(), indent=2))
@@ -252,6 +274,9 @@ def cmd_config(args: argparse.Namespace) -> int:
     if args.config_command == "check":
         config = load_config(args.file)
         _check_models(config, args.file)
+        check_config_files(config, args.file, sources=True)
+        _check_sources(config, args.file)
+        check_broker_files(config, args.file)
         names = ", ".join(p.name for p in config.pipelines)
         print(f"{args.file}: valid ({len(config.pipelines)} pipeline(s): {names})")
         return 0

@@ -21,6 +21,7 @@ from accelerators.base import BackendConfig
 from accelerators.registry import config_models
 from agent.errors import ConfigError
 from agent.mqtt.outbox import OutboxSettings
+from agent.mqtt.security import SECURITY_FILES, load_security
 from agent.mqtt.settings import MqttSection
 from agent.ota.faults import CRASH_ENV
 from agent.ota.settings import OtaSection
@@ -99,7 +100,7 @@ class ReplaySource(Section):
     )
 
 
-SourceConfig = Annotated[
+SingleSource = Annotated[
     ReplaySource
     | LinesSource
     | SerialSource
@@ -110,6 +111,45 @@ SourceConfig = Annotated[
     | HttpInputSource
     | VideoSource
     | CameraSource,
+    Field(discriminator="type"),
+]
+
+
+class MultiSource(Section):
+    type: Literal["multi"] = Field(
+        description="Several inputs into one model, e.g. two cameras: each runs as a source of its own, their frames "
+        "share the pipeline's queue (and its batches, with batch_size > 1), and each result says which input it "
+        "came from in source.input."
+    )
+    sources: list[SingleSource] = Field(min_length=2, description="The inputs, each configured as a source.")
+    names: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(
+        default_factory=list, description="A name per input, for results' source.input; default <type>-<index>."
+    )
+
+    @model_validator(mode="after")
+    def _names_match(self) -> MultiSource:
+        if self.names and len(self.names) != len(self.sources):
+            raise ValueError(f"{len(self.names)} name(s) for {len(self.sources)} sources: give one per source")
+        if len(set(self.input_names())) != len(self.sources):
+            raise ValueError("names must be unique")
+        return self
+
+    def input_names(self) -> list[str]:
+        return self.names or [f"{s.type}-{i}" for i, s in enumerate(self.sources)]
+
+
+SourceConfig = Annotated[
+    ReplaySource
+    | LinesSource
+    | SerialSource
+    | WavSource
+    | MicrophoneSource
+    | SyntheticSource
+    | MqttInputSource
+    | HttpInputSource
+    | VideoSource
+    | CameraSource
+    | MultiSource,
     Field(discriminator="type"),
 ]
 
@@ -259,6 +299,19 @@ class PipelineConfig(Section):
         default_factory=lambda: RawPostprocess(type="raw"), description="How outputs become the published result."
     )
     queue_size: int = Field(4, ge=1, le=10_000, description="Frames that may wait for inference.")
+    batch_size: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Infer up to this many queued frames together, as one batch (e.g. from the inputs of a multi "
+        "source). Only models whose batch dimension is dynamic take batches; others infer frame by frame.",
+    )
+    batch_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        le=1000,
+        description="With batch_size > 1: how long a frame may wait for others to fill its batch.",
+    )
     snapshot_interval_s: float = Field(
         0.0,
         ge=0,
@@ -275,16 +328,42 @@ class PipelineConfig(Section):
     def frame_overflow(self) -> Literal["drop_oldest", "drop_newest", "block"]:
         if self.overflow != "auto":
             return self.overflow
-        src = self.source
-        if src.type == "http":  # a program waits for each answer: its requests queue rather than drop
-            return "block"
-        if src.type in ("serial", "microphone", "mqtt", "camera"):  # live input cannot wait: the freshest window wins
-            return "drop_oldest"
-        if isinstance(src, VideoSource):
-            as_fast = src.rate_hz == 0 or (src.rate_hz is None and not src.realtime)
-        else:
-            as_fast = not src.realtime if isinstance(src, WavSource) else getattr(src, "rate_hz", 1.0) == 0
-        return "block" if as_fast else "drop_oldest"
+        if isinstance(self.source, MultiSource):  # inputs that may all wait for inference make the queue wait
+            kinds = {_auto_overflow(s) for s in self.source.sources}
+            return "block" if kinds == {"block"} else "drop_oldest"
+        return _auto_overflow(self.source)
+
+    @property
+    def inputs(self) -> list[Any]:
+        """The source configs of this pipeline: its one source, or each input of a multi source."""
+        return list(self.source.sources) if isinstance(self.source, MultiSource) else [self.source]
+
+    @model_validator(mode="after")
+    def _batching_needs_stateless(self) -> PipelineConfig:
+        if self.batch_size > 1 and self.model.state:
+            raise ValueError(
+                "batch_size > 1 with model.state: a recurrent model's state belongs to one stream of windows; "
+                "use batch_size = 1"
+            )
+        if isinstance(self.source, MultiSource) and (self.model.state or self.postprocess.type == "vad"):
+            raise ValueError(
+                "a multi source with a stateful model or vad postprocess would mix the inputs' streams; give each "
+                "input a pipeline of its own"
+            )
+        return self
+
+
+def _auto_overflow(src: Any) -> Literal["drop_oldest", "block"]:
+    """One input's queue policy by default: block where every frame is meant to be inferred, else drop_oldest."""
+    if src.type == "http":  # a program waits for each answer: its requests queue rather than drop
+        return "block"
+    if src.type in ("serial", "microphone", "mqtt", "camera"):  # live input cannot wait: the freshest window wins
+        return "drop_oldest"
+    if isinstance(src, VideoSource):
+        as_fast = src.rate_hz == 0 or (src.rate_hz is None and not src.realtime)
+    else:
+        as_fast = not src.realtime if isinstance(src, WavSource) else getattr(src, "rate_hz", 1.0) == 0
+    return "block" if as_fast else "drop_oldest"
 
 
 def _accelerator_config_type() -> Any:
@@ -468,9 +547,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         pipelines.append(
             p.model_copy(
                 update={
-                    "source": p.source.model_copy(update={"path": _resolve(p.source.path, base)})
-                    if isinstance(p.source, ReplaySource | LinesSource | WavSource | VideoSource)
-                    else p.source,
+                    "source": _source_paths(p.source, base),
                     "model": p.model.model_copy(
                         update={
                             "path": _resolve(p.model.path, base),
@@ -484,19 +561,39 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     agent = config.agent
     if agent.state_dir is not None:
         agent = agent.model_copy(update={"state_dir": _resolve(agent.state_dir, base)})
-    pipelines = [
-        p.model_copy(update={"source": p.source.model_copy(update=_broker_of(p.source, config.mqtt))})
-        if isinstance(p.source, MqttInputSource)
-        else p
-        for p in pipelines
-    ]
+    mqtt = config.mqtt.model_copy(update=_files(config.mqtt, (*SECURITY_FILES, "command_secret_file"), base))
+    pipelines = [p.model_copy(update={"source": _source_broker(p.source, mqtt)}) for p in pipelines]
     ota = config.ota
     files = {k: _resolve(v, base) for k in ("ca_file", "client_cert", "client_key") if (v := getattr(ota, k))}
     # a key given as a file (a PEM path) is resolved like every path; base64 key text is left as it is
     keys = [str(_resolve(Path(k), base)) if k.endswith((".pub", ".pem")) or k.startswith(("/", ".", "~")) else k
             for k in ota.keys]  # fmt: skip
     ota = ota.model_copy(update={**files, "keys": keys})
-    return config.model_copy(update={"pipelines": pipelines, "agent": agent, "ota": ota})
+    return config.model_copy(update={"pipelines": pipelines, "agent": agent, "ota": ota, "mqtt": mqtt})
+
+
+def _files(section: Any, names: tuple[str, ...], base: Path) -> dict[str, Path]:
+    """``section``'s file fields among ``names`` that are set, resolved against ``base``."""
+    return {name: _resolve(value, base) for name in names if (value := getattr(section, name, None)) is not None}
+
+
+def _source_paths(source: Any, base: Path) -> Any:
+    """A source with its file paths resolved against the config file's folder (each input of a multi source)."""
+    if isinstance(source, MultiSource):
+        return source.model_copy(update={"sources": [_source_paths(s, base) for s in source.sources]})
+    if isinstance(source, ReplaySource | LinesSource | WavSource | VideoSource):
+        return source.model_copy(update={"path": _resolve(source.path, base)})
+    if isinstance(source, MqttInputSource):  # its own broker's files; without host it takes [mqtt]'s, resolved too
+        return source.model_copy(update=_files(source, SECURITY_FILES, base))
+    return source
+
+
+def _source_broker(source: Any, mqtt: MqttSection) -> Any:
+    if isinstance(source, MultiSource):
+        return source.model_copy(update={"sources": [_source_broker(s, mqtt) for s in source.sources]})
+    if isinstance(source, MqttInputSource):
+        return source.model_copy(update=_broker_of(source, mqtt))
+    return source
 
 
 def _broker_of(source: MqttInputSource, mqtt: MqttSection) -> dict[str, Any]:
@@ -504,8 +601,12 @@ def _broker_of(source: MqttInputSource, mqtt: MqttSection) -> dict[str, Any]:
     return source.on_agent_broker(mqtt)
 
 
-def check_config_files(config: Config, source: Path) -> None:
-    """Every file the config names exists and is readable: one line naming the first that is not."""
+def check_config_files(config: Config, source: Path, sources: bool = False) -> None:
+    """Every file the config names exists and is readable: one line naming the first that is not.
+
+    Source files only with ``sources`` (``edge-agent config check``): the daemon lets a pipeline whose input
+    file is missing fail on its own, while the others serve.
+    """
     for p in config.pipelines:
         where = f"{source}: pipelines.{p.name}"
         if not p.model.path.is_file():
@@ -515,8 +616,10 @@ def check_config_files(config: Config, source: Path) -> None:
         for variant in p.model.variants:
             if not variant.is_file():
                 raise ConfigError(f"{where}.model.variants: model file not found: {variant}")
-        if isinstance(p.source, ReplaySource | LinesSource | WavSource | VideoSource) and not p.source.path.exists():
-            raise ConfigError(f"{where}.source.path: no such file or folder: {p.source.path}")
+        for i, src in enumerate(p.inputs if sources else []):
+            at = f"{where}.source.sources[{i}]" if isinstance(p.source, MultiSource) else f"{where}.source"
+            if isinstance(src, ReplaySource | LinesSource | WavSource | VideoSource) and not src.path.exists():
+                raise ConfigError(f"{at}.path: no such file or folder: {src.path}")
         labels = getattr(p.postprocess, "labels", None)
         if isinstance(labels, Path) and not labels.is_file():
             raise ConfigError(f"{where}.postprocess.labels: labels file not found: {labels}")
@@ -524,3 +627,25 @@ def check_config_files(config: Config, source: Path) -> None:
 
 def json_schema() -> dict[str, Any]:
     return Config.model_json_schema()
+
+
+def check_broker_files(config: Config, source: Path) -> None:
+    """Load the CA, certificate, key and password files of [mqtt] (and its command secret) and of every MQTT
+    input with a broker of its own, as the daemon does when it connects: one line naming the first that fails."""
+    from agent.mqtt.commands import load_secret  # the command machinery: only where a check asks for it
+
+    try:
+        load_security(config.mqtt, "mqtt")
+        if config.mqtt.command_secret_file is not None:
+            load_secret(config.mqtt.command_secret_file)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    for p in config.pipelines:
+        for i, src in enumerate(p.inputs):
+            if not isinstance(src, MqttInputSource) or src.host is None:  # without host: [mqtt]'s, loaded above
+                continue
+            at = f"pipelines.{p.name}.source" + (f".sources[{i}]" if isinstance(p.source, MultiSource) else "")
+            try:
+                load_security(src, f"mqtt input {src.topic}", src.password_file)
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: {at}: {exc}") from None

@@ -107,6 +107,7 @@ class Liveness:
         for name in self._reported_stuck - set(stuck):
             log.warning("pipeline %s: the stuck inference returned; watchdog pings resume", name)
         self._reported_stuck = set(stuck)
+        self.write(stuck)  # before the ping: whoever hears it finds the file as current as the ping
         if self.notifier.watchdog_s is not None:
             if stuck:
                 self.withheld += 1
@@ -115,7 +116,6 @@ class Liveness:
                 self.pings += 1
         elif self.notifier.enabled:
             self.notifier.status(self.summary())
-        self.write(stuck)
 
     def stuck(self) -> dict[str, float]:
         """Pipelines whose inference in progress has run longer than the stall bound, with how long."""

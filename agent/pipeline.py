@@ -32,9 +32,9 @@ from agent.runtime.placed import PlacedModel
 from agent.runtime.queues import Closed, StageQueue
 from agent.runtime.threads import run_in_thread
 from agent.sources.base import Frame
+from agent.sources.multi import build_source
 from agent.sources.postprocess import Postprocessor, build_postprocessor
 from agent.sources.preprocess import Letterbox, Preprocessor
-from agent.sources.registry import make_source
 from agent.sources.snapshot import annotated_jpeg
 from agent.state import SeqAllocator
 
@@ -48,7 +48,8 @@ OUTBOX_BURST = 256  # results written to the outbox in one transaction, at most
 class Counters:
     frames: int = 0  # taken from the source
     bad_inputs: int = 0  # inputs the model could not take (wrong tensor shape, ...)
-    inferences: int = 0
+    inferences: int = 0  # frames inferred
+    batches: int = 0  # model runs that inferred them (fewer with batching)
     inference_errors: int = 0
     stored: int = 0  # written to the outbox
     snapshots: int = 0  # annotated JPEGs published
@@ -63,6 +64,7 @@ class Counters:
             "frames": self.frames,
             "bad_inputs": self.bad_inputs,
             "inferences": self.inferences,
+            "batches": self.batches,
             "inference_errors": self.inference_errors,
             "stored": self.stored,
             "published": self.published,
@@ -82,6 +84,7 @@ class Inferred:
     model: LoadedModel  # the model that ran it (an OTA swap changes it between frames)
     accelerators: tuple[str, ...] = ()  # where this frame ran (a failover changes it between frames)
     failed: dict[str, str] | None = None  # accelerators that had failed by then, when degraded
+    batch: int = 1  # frames inferred together with this one (inference_ms is the batch's)
 
 
 class LoadedModel:
@@ -102,8 +105,20 @@ class LoadedModel:
         self.version = cfg.model.version
         self.health = ModelHealth()
 
+    @property
+    def batchable(self) -> bool:
+        """Whether frames can be inferred together: a dynamic batch dimension, and no state tied to one stream."""
+        shape = self.input.shape
+        return bool(shape) and shape[0] is None and not self.cfg.model.state
+
     def infer(self, frame: Frame) -> Inferred:
-        tensor, box = self.pre(frame)  # (1, H, W, C) or (1, C, H, W), or the input's tensor shape
+        return self.infer_batch([(frame, *self.pre(frame))])[0]
+
+    def infer_batch(self, prepared: list[tuple[Frame, np.ndarray, Letterbox]]) -> list[Inferred]:
+        """Run frames already pre-processed (``self.pre``) as one batch: their tensors stacked on the batch
+        dimension, each output split back per frame. One frame: the tensor as it is."""
+        n = len(prepared)
+        tensor = prepared[0][1] if n == 1 else np.concatenate([t for _, t, _ in prepared])  # (n, ...)
         feeds = {self.input.name: tensor, **self._constants, **self._state}
         t0 = time.perf_counter()
         try:
@@ -115,9 +130,23 @@ class LoadedModel:
         for name, output in self.cfg.model.state.items():  # recurrent state: this output feeds the next window
             self._state[name] = outputs[output]
         if not self.health.ran(ms, outputs):
-            log.warning("%s version %s: an output holds NaN or infinity (%s)", self.name, self.version, frame.origin)
+            origins = ", ".join(frame.origin for frame, _, _ in prepared)
+            log.warning("%s version %s: an output holds NaN or infinity (%s)", self.name, self.version, origins)
         failed = dict(self.session.failed) if self.session.degraded else None
-        return Inferred(frame, outputs, box, ms, self, self.session.accelerators, failed)
+        where = self.session.accelerators
+        if n == 1:
+            frame, _, box = prepared[0]
+            return [Inferred(frame, outputs, box, ms, self, where, failed)]
+        for name, value in outputs.items():
+            if value.ndim == 0 or value.shape[0] != n:
+                raise InferenceError(
+                    f"{self.name}: output {name!r} has shape {value.shape} for a batch of {n} frames; set "
+                    "batch_size = 1 for this model"
+                )
+        return [
+            Inferred(frame, {k: v[i : i + 1] for k, v in outputs.items()}, box, ms, self, where, failed, batch=n)
+            for i, (frame, _, box) in enumerate(prepared)
+        ]
 
     def close(self) -> None:
         self.session.close()
@@ -181,7 +210,7 @@ class Pipeline:
         self.results: StageQueue[Inferred] = StageQueue(max(cfg.queue_size, 16), "block")
         self._stop = threading.Event()
         self._stop_requested = asyncio.Event()
-        self.source = make_source(cfg.source, self._emit, self._stop)
+        self.source = build_source(cfg.source, self._emit, self._stop)
         self.error: AgentError | None = None
         self.busy_since: float | None = None  # time.monotonic() when the inference in progress began
 
@@ -248,6 +277,8 @@ class Pipeline:
                     log.error("pipeline %s: a worker thread did not stop in %.0f s", self.name, flush_timeout)
                 except Exception as exc:
                     self.error = self.error or as_agent_error(exc)
+            if self.error is not None:  # logged as it happens; the other pipelines go on
+                log.error("pipeline %s stopped: %s", self.name, self.error)
 
     # ---- threads -------------------------------------------------------------------------------
 
@@ -267,44 +298,83 @@ class Pipeline:
     def _worker_main(self) -> None:
         consecutive = 0
         try:
-            while True:
-                try:
-                    frame = self.frames.get()
-                except Closed:
-                    return
-                try:
-                    with self._model_lock:
-                        self.busy_since = time.monotonic()
-                        try:
-                            result = self.model.infer(frame)
-                        finally:
-                            self.busy_since = None
-                except SourceError as exc:
-                    self.counters.bad_inputs += 1
-                    log.warning("pipeline %s: skipping input: %s", self.name, exc)
-                    _answer(frame, error=str(exc), status=422)
-                    continue
-                except InferenceError as exc:
-                    self.counters.inference_errors += 1
-                    consecutive += 1
-                    log.error("pipeline %s: inference failed: %s", self.name, exc)
-                    _answer(frame, error=str(exc))
-                    if consecutive >= MAX_CONSECUTIVE_ERRORS:
-                        raise ModelError(
-                            f"pipeline {self.name!r}: {consecutive} inferences in a row failed: {exc}"
-                        ) from exc
+            while frames := self._next_frames():
+                with self._model_lock:  # a model swap happens between two batches
+                    model = self.model
+                    self.busy_since = time.monotonic()
+                    try:
+                        results = self._infer(model, frames)
+                    except InferenceError as exc:
+                        consecutive += 1
+                        if consecutive >= MAX_CONSECUTIVE_ERRORS:
+                            raise ModelError(
+                                f"pipeline {self.name!r}: {consecutive} inferences in a row failed: {exc}"
+                            ) from exc
+                        continue
+                    finally:
+                        self.busy_since = None
+                if not results:
                     continue
                 consecutive = 0
-                self.counters.inferences += 1
-                self.counters.inference_ms.append(result.inference_ms)
+                self.counters.inferences += len(results)
+                self.counters.batches += 1
+                self.counters.inference_ms.extend(r.inference_ms for r in results)
                 if len(self.counters.inference_ms) > 4000:
                     del self.counters.inference_ms[:2000]
-                try:
-                    self.results.put(result)
-                except Closed:
-                    return
+                for result in results:
+                    try:
+                        self.results.put(result)
+                    except Closed:
+                        return
         finally:
             self.results.close()
+
+    def _next_frames(self) -> list[Frame]:
+        """The next frame, and with batching the frames queued behind it, waiting at most batch_wait_ms for
+        more; empty once the queue is closed and drained."""
+        try:
+            frames = [self.frames.get()]
+        except Closed:
+            return []
+        size = self.cfg.batch_size if self.cfg.batch_size > 1 and self.model.batchable else 1
+        if size > 1:
+            frames += self.frames.drain_nowait(size - 1)
+            deadline = time.monotonic() + self.cfg.batch_wait_ms / 1000
+            while len(frames) < size and (left := deadline - time.monotonic()) > 0:
+                try:
+                    frames.append(self.frames.get(timeout=left))
+                except (TimeoutError, Closed):
+                    break
+        return frames
+
+    def _infer(self, model: LoadedModel, frames: list[Frame]) -> list[Inferred]:
+        """Pre-process each frame (one that does not fit is counted and skipped) and infer the rest together.
+        InferenceError (counted, answered) when the model failed on them."""
+        prepared = []
+        for frame in frames:
+            try:
+                prepared.append((frame, *model.pre(frame)))  # (1, H, W, C) or (1, C, H, W), or the input's shape
+            except SourceError as exc:
+                self._skip(frame, exc)
+        if not prepared:
+            return []
+        try:
+            return model.infer_batch(prepared)
+        except SourceError as exc:
+            for frame, _, _ in prepared:
+                self._skip(frame, exc)
+            return []
+        except InferenceError as exc:
+            self.counters.inference_errors += len(prepared)
+            log.error("pipeline %s: inference failed: %s", self.name, exc)
+            for frame, _, _ in prepared:
+                _answer(frame, error=str(exc))
+            raise
+
+    def _skip(self, frame: Frame, exc: SourceError) -> None:
+        self.counters.bad_inputs += 1
+        log.warning("pipeline %s: skipping input: %s", self.name, exc)
+        _answer(frame, error=str(exc), status=422)
 
     # ---- event loop ----------------------------------------------------------------------------
 
@@ -363,6 +433,8 @@ class Pipeline:
             "source": source,
             **output,
         }
+        if result.batch > 1:  # inferred with others in one run; inference_ms is that run's
+            body["batch"] = result.batch
         if result.failed:  # an accelerator failed: still serving, on what remains
             body["degraded"] = True
             body["failed"] = result.failed

@@ -11,6 +11,7 @@ from agent.config import (
     Config,
     DetectionPostprocess,
     apply_env_overrides,
+    check_config_files,
     default_config_file,
     load_config,
 )
@@ -87,7 +88,30 @@ def test_invalid_configs_get_one_line_naming_the_problem(folder: Path, text: str
 
 def test_missing_files_are_named(folder: Path) -> None:
     assert "model file not found" in error(folder, PIPELINE.replace("model.tflite", "other.tflite"))
-    assert "no such file or folder" in error(folder, PIPELINE.replace('"images"', '"cams"'))
+    # a missing input file fails only its own pipeline in the daemon; `config check` names it
+    path = folder / "c.toml"
+    path.write_text(PIPELINE.replace('"images"', '"cams"'))
+    config = load_config(path, {})
+    assert config.pipelines[0].source.path == folder / "cams"
+    with pytest.raises(ConfigError) as info:
+        check_config_files(config, path, sources=True)
+    assert str(info.value) == f"{path}: pipelines.p.source.path: no such file or folder: {folder / 'cams'}"
+
+
+def test_mqtt_files_resolve_against_the_config_folder(folder: Path) -> None:
+    text = (
+        '[mqtt]\ntls = true\nca_file = "pki/ca.pem"\nclient_cert = "/etc/pki/c.pem"\nclient_key = "~/c.key"\n'
+        'command_secret_file = "secret"\n' + PIPELINE
+    )
+    mqtt = load(folder, text).mqtt
+    assert mqtt.ca_file == folder / "pki" / "ca.pem"
+    assert mqtt.client_cert == Path("/etc/pki/c.pem")  # absolute: as it is
+    assert mqtt.client_key == Path("~/c.key").expanduser()
+    assert mqtt.command_secret_file == folder / "secret"
+    # unset files stay unset; an override from the environment is resolved the same way
+    assert load(folder, PIPELINE).mqtt.ca_file is None
+    env = {"EDGE_AGENT_MQTT__TLS": "true", "EDGE_AGENT_MQTT__CA_FILE": "ca.pem"}
+    assert load(folder, PIPELINE, env).mqtt.ca_file == folder / "ca.pem"
 
 
 def test_environment_overrides_sections_and_list_items(folder: Path) -> None:

@@ -1,8 +1,10 @@
 """TLS and credentials of a broker connection, shared by the agent's link and the MQTT input source.
 
-``BrokerSecurity`` holds the fields (and their checks) for a config section that connects to a broker of
-its own; ``load_security`` turns such settings into what a paho client needs, loading every file first so
-that a bad path is one ConfigError at start, never a failure at the first connection attempt.
+``BrokerTls`` holds the fields (and their checks) that ``[mqtt]`` and an MQTT input's own broker share;
+``BrokerSecurity`` adds ``password_file`` for the inputs. ``load_security`` turns such settings into what a
+paho client needs, loading every file first so that a bad path is one ConfigError at start (and in
+``edge-agent config check``), never a failure at the first connection attempt. Relative paths are resolved
+against the config file's folder when the config is loaded (``SECURITY_FILES``).
 """
 
 from __future__ import annotations
@@ -18,9 +20,13 @@ from pydantic import Field, model_validator
 from agent.errors import ConfigError
 from agent.schema import Section
 
+# the fields that name files: the config resolves them against its own folder, as every path in it
+SECURITY_FILES = ("ca_file", "client_cert", "client_key", "password_file")
 
-class BrokerSecurity(Section):
-    """TLS and credentials for a broker connection: the same meaning and checks as in ``[mqtt]``."""
+
+class BrokerTls(Section):
+    """TLS and credentials of a broker connection, with their checks: the fields of ``[mqtt]`` and of an MQTT
+    input that connects to a broker of its own."""
 
     tls: bool = Field(False, description="Connect over TLS; the broker's certificate is always verified.")
     ca_file: Path | None = Field(
@@ -29,20 +35,32 @@ class BrokerSecurity(Section):
     client_cert: Path | None = Field(None, description="With tls: client certificate (PEM) for brokers requiring one.")
     client_key: Path | None = Field(None, description="With tls: the client certificate's private key (PEM).")
     username: str | None = Field(None, description="Broker user name, if the broker requires one.")
-    # never written out by model_dump (the `config` command), like [mqtt] password
+    # never written out by model_dump (the `config` command)
     password: str | None = Field(
-        None, exclude=True, description="Broker password (prefer password_file or the environment override)."
+        None,
+        exclude=True,
+        description="Broker password (prefer the environment override, or an MQTT input's password_file).",
     )
+
+    @model_validator(mode="after")
+    def _tls_consistent(self) -> BrokerTls:
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("set client_cert and client_key together")
+        if not self.tls and (self.ca_file or self.client_cert):
+            raise ValueError("ca_file, client_cert and client_key need tls = true")
+        return self
+
+
+class BrokerSecurity(BrokerTls):
+    """TLS and credentials for an MQTT input's own broker: the same meaning and checks as in ``[mqtt]``, and
+    a password file."""
+
     password_file: Path | None = Field(
         None, description="A file holding the broker password (one line), instead of password."
     )
 
     @model_validator(mode="after")
     def _secure_consistent(self) -> BrokerSecurity:
-        if (self.client_cert is None) != (self.client_key is None):
-            raise ValueError("set client_cert and client_key together")
-        if not self.tls and (self.ca_file or self.client_cert):
-            raise ValueError("ca_file, client_cert and client_key need tls = true")
         if self.password is not None and self.password_file is not None:
             raise ValueError("set password or password_file, not both")
         if self.username is None and (self.password is not None or self.password_file is not None):
@@ -51,7 +69,7 @@ class BrokerSecurity(Section):
 
 
 class Secured(Protocol):
-    """What ``load_security`` reads: ``[mqtt]`` (MqttSection) and ``BrokerSecurity`` both have it."""
+    """What ``load_security`` reads: ``[mqtt]`` (MqttSection) and ``BrokerSecurity``, both ``BrokerTls``."""
 
     @property
     def tls(self) -> bool: ...

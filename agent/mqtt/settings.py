@@ -7,10 +7,12 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from agent.schema import Section
+from agent.mqtt.security import BrokerTls
 
 
-class MqttSection(Section):
+# tls, ca_file, client_cert, client_key, username and password, with their checks, are BrokerTls's: the same
+# fields as an MQTT input's own broker
+class MqttSection(BrokerTls):
     host: str = Field("localhost", min_length=1, description="Broker host name or address.")
     port: int = Field(1883, ge=1, le=65535, description="Broker TCP port (usually 8883 with TLS).")
     prefix: str = Field("edge", pattern=r"^[^#+\s]+$", description="First level of every topic.")
@@ -20,14 +22,6 @@ class MqttSection(Section):
     qos: Literal[0, 1] = Field(1, description="QoS of result messages; 1 = counted only once acknowledged.")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive interval.")
     client_id: str | None = Field(None, description="MQTT client id; default edge-agent-<device_id>.")
-    username: str | None = Field(None, description="Broker user name, if the broker requires one.")
-    password: str | None = Field(None, description="Broker password (prefer the environment override).")
-    tls: bool = Field(False, description="Connect over TLS; the broker's certificate is always verified.")
-    ca_file: Path | None = Field(
-        None, description="With tls: CA bundle (PEM) to verify the broker; default the system's."
-    )
-    client_cert: Path | None = Field(None, description="With tls: client certificate (PEM) for brokers requiring one.")
-    client_key: Path | None = Field(None, description="With tls: the client certificate's private key (PEM).")
     session_expiry_s: int = Field(
         3600,
         ge=0,
@@ -51,8 +45,4 @@ class MqttSection(Section):
     def _consistent(self) -> MqttSection:
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("reconnect_max_s must be >= reconnect_min_s")
-        if (self.client_cert is None) != (self.client_key is None):
-            raise ValueError("set client_cert and client_key together")
-        if not self.tls and (self.ca_file or self.client_cert):
-            raise ValueError("ca_file, client_cert and client_key need tls = true")
         return self

@@ -94,7 +94,7 @@ class VideoRunner(Runner):
         super().__init__(emit, stop)
         self.cv2 = import_cv2()
         self.cfg = cfg
-        cap = self._open()  # a missing or unreadable file fails here, before the pipeline starts
+        cap = self._open()  # a missing or unreadable file fails here: its pipeline's error, not the daemon's
         try:
             fps = float(cap.get(self.cv2.CAP_PROP_FPS))
             self.frame_count = max(0, int(cap.get(self.cv2.CAP_PROP_FRAME_COUNT)))  # 0: the file does not say

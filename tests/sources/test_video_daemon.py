@@ -1,12 +1,15 @@
 """The video source in the real daemon: a video file made here from the demo photos (astronaut and coffee
 frames in turn, 10 fps), BlazeFace with SSD post-processing, results read from a real mosquitto. A second
-pipeline replays a truncated copy: it fails on its own, with one clear line, while the first one goes on."""
+pipeline replays a truncated copy, or a file OpenCV cannot open at all: it fails on its own, with one clear
+line, while the first one goes on; only a daemon left with no pipeline at all exits."""
 
 from __future__ import annotations
 
 import importlib
 import itertools
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,7 @@ import pytest
 from paho.mqtt import publish
 
 from agent.mqtt.localbroker import Mosquitto
-from tests.conftest import ASSETS, FACE_MODEL, Subscriber, write_config
+from tests.conftest import ASSETS, FACE_MODEL, ROOT, Subscriber, write_config
 
 try:
     cv2: Any = importlib.import_module("cv2")
@@ -130,21 +133,82 @@ def test_faces_in_a_video_file_and_a_truncated_one_that_fails_alone(
     assert all(r["detections"] == [] for r in coffee), [r["detections"] for r in coffee if r["detections"]]
 
 
-def test_a_video_file_opencv_cannot_open_stops_the_start_with_one_line(
+CANNOT_OPEN = (
+    "not a video OpenCV can read (damaged, or an unknown codec); check it plays, or re-encode it: "
+    "ffmpeg -i IN -c:v libx264 OUT.mp4"
+)
+
+
+def cut_recording(tmp_path: Path) -> Path:
+    """A recording cut short before its index was written (an MP4 without its moov atom, at the end): no video
+    at all, OpenCV cannot open it."""
+    return truncate(write_video(tmp_path / "recording.mp4", 2 * FPS, "mp4v"), tmp_path / "cut.mp4", 0.5)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT, check=False)  # fmt: skip
+
+
+def test_a_video_file_opencv_cannot_open_fails_only_its_own_pipeline(
+    mosquitto: Mosquitto, subscribe: Any, agent_process: Any, tmp_path: Path
+) -> None:
+    """The daemon starts with the pipelines that can: the broken one is logged once, as it fails, and its status
+    says what to fix; the good one serves. A config check names the file before anything runs."""
+    good = write_video(tmp_path / "faces.avi", 2 * FPS)
+    cut = cut_recording(tmp_path)
+    config = write_config(tmp_path, mosquitto.port, pipeline("good", good) + pipeline("broken", cut), DEVICE)
+    config.write_text(config.read_text().replace("[agent]\n", "[agent]\nstatus_interval_s = 0.2\n"))
+    sub = subscribe(mosquitto.port, f"edge/{DEVICE}/#")
+    agent = agent_process(["run", "--config", str(config)])
+
+    expected = f"{cut}: {CANNOT_OPEN}"
+    line = agent.wait_log("pipeline broken stopped: ")  # logged as it fails, not only at shutdown
+    assert line.rstrip("\n").endswith(f"ERROR agent.pipeline: pipeline broken stopped: {expected}"), line
+    results = [sub.wait_for(lambda m: m.topic == f"edge/{DEVICE}/good/result").json() for _ in range(FPS)]
+    assert all(r["source"]["origin"] == "faces.avi" for r in results)
+
+    status = ask_status(mosquitto.port, sub, 0)["pipelines"]
+    assert status["broken"]["error"] == expected
+    assert status["good"]["error"] is None and status["good"]["inferences"] > 0
+
+    # `edge-agent status`: the daemon's own status file
+    deadline = time.monotonic() + 30
+    while True:
+        shown = cli("status", "--config", str(config))
+        if f"[stopped: {expected}]" in shown.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    lines = shown.stdout.splitlines()
+    assert any(ln.startswith("pipeline broken: ") and ln.endswith(f"[stopped: {expected}]") for ln in lines), lines
+    assert any(ln.startswith("pipeline good: ") and ln.endswith("[ok]") for ln in lines), lines
+
+    # the check names the pipeline and the file, one line, exit 2
+    checked = cli("config", "check", str(config))
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    # (FFmpeg may say "moov atom not found" before it, on its own)
+    errors = [line for line in checked.stderr.splitlines() if line.startswith("edge-agent: error:")]
+    assert errors == [f"edge-agent: error: {config}: pipelines.broken.source: {expected}"], checked.stderr
+    assert "Traceback" not in checked.stderr
+
+    assert agent.stop() == 0  # the good pipeline served until the stop: a clean exit
+    log = "".join(agent.log)
+    assert log.count("pipeline broken stopped: ") == 1, log  # once, not again at shutdown
+    assert "pipeline good stopped" not in log
+    assert "Traceback" not in log
+
+
+def test_a_daemon_whose_every_pipeline_cannot_start_exits_with_one_line(
     mosquitto: Mosquitto, agent_process: Any, tmp_path: Path
 ) -> None:
-    """A recording cut short before its index was written (an MP4 without its moov atom, at the end) is no
-    video at all: like a missing model, the daemon does not start. (A file whose header survived fails only
-    its own pipeline, as above.)"""
-    good = write_video(tmp_path / "faces.avi", 2 * FPS)
-    cut = truncate(write_video(tmp_path / "recording.mp4", 2 * FPS, "mp4v"), tmp_path / "cut.mp4", 0.5)
-    config = write_config(tmp_path, mosquitto.port, pipeline("good", good) + pipeline("broken", cut), DEVICE)
+    """With no pipeline left to serve, the daemon ends: exit 2 and one line saying what to fix."""
+    cut = cut_recording(tmp_path)
+    config = write_config(tmp_path, mosquitto.port, pipeline("broken", cut), DEVICE)
     agent = agent_process(["run", "--config", str(config)])
     assert agent.proc.wait(60) == 2
     agent._reader.join(10)
     errors = [line for line in agent.log if line.startswith("edge-agent: error:")]
-    assert errors == [
-        f"edge-agent: error: {cut}: not a video OpenCV can read (damaged, or an unknown codec); check it "
-        "plays, or re-encode it: ffmpeg -i IN -c:v libx264 OUT.mp4\n"
-    ], agent.log
+    assert errors == [f"edge-agent: error: {cut}: {CANNOT_OPEN}\n"], agent.log
+    assert sum("pipeline broken stopped: " in line for line in agent.log) == 1, agent.log
     assert "Traceback" not in "".join(agent.log)
