@@ -403,6 +403,9 @@ def cmd_update(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from agent.status_cli import cmd_status as status
 
+    default = default_config_file() if args.config is None else None
+    if default is not None and not os.access(default, os.R_OK):  # the service's config, root:edge-agent 0640
+        return status(None, args.json, unreadable=default)
     config, _ = _load(args.config)
     return status(config, args.json)
 

@@ -14,16 +14,28 @@ from typing import Any
 
 from agent.config import Config
 from agent.state import resolve_state_dir
-from agent.status_file import DaemonStatus, candidate_paths, read_status
+from agent.status_file import NAME, SYSTEMD_RUNTIME_DIR, DaemonStatus, candidate_paths, read_status
 
 EXIT_NOT_RUNNING = 3
 
 
-def cmd_status(config: Config, as_json: bool) -> int:
-    daemon = read_status(candidate_paths(config))
-    state_dir = resolve_state_dir(config.agent.state_dir)
-    models = _stored_models(config, state_dir)
-    ota = _read_json(state_dir / "ota" / "status.json")
+def cmd_status(config: Config | None, as_json: bool, unreadable: Path | None = None) -> int:
+    """``config`` None: the config file (``unreadable``) is not readable by this user (it may hold broker
+    credentials): show the service's status file alone, without what its state folder holds."""
+    paths = candidate_paths(config) if config is not None else [SYSTEMD_RUNTIME_DIR / NAME]
+    daemon = read_status(paths)
+    state_dir: Path | None = None
+    ota = None
+    if config is not None:
+        state_dir = folder = resolve_state_dir(config.agent.state_dir)
+        models = _stored_models(config, folder)
+        ota = _read_json(folder / "ota" / "status.json")
+    else:
+        live = daemon.data.get("pipelines", {}) if daemon is not None else {}
+        models = {
+            name: {"release": None, "version": p.get("version"), "factory": False, "previous": None, "rejected": {}}
+            for name, p in live.items()
+        }
     if daemon is not None and daemon.data.get("ota"):
         ota = daemon.data["ota"]  # the daemon's own, fresher than the file when it runs
     code = 0 if daemon is not None and daemon.alive else EXIT_NOT_RUNNING
@@ -33,9 +45,12 @@ def cmd_status(config: Config, as_json: bool) -> int:
             described = {
                 **daemon.data, "state": daemon.state, "age_s": round(daemon.age_s, 1), "path": str(daemon.path)
             }  # fmt: skip
-        print(json.dumps({"daemon": described, "state_dir": str(state_dir), "pipelines": models, "ota": ota}, indent=2))
+        state = str(state_dir) if state_dir is not None else None
+        print(json.dumps({"daemon": described, "state_dir": state, "pipelines": models, "ota": ota}, indent=2))
         return code
-    print(_daemon_line(daemon, candidate_paths(config)))
+    print(_daemon_line(daemon, paths))
+    if unreadable is not None:
+        print(f"(cannot read {unreadable}: releases and rejected versions not shown; run as root for them)")
     running = daemon.data.get("pipelines", {}) if daemon is not None and daemon.alive else {}
     for name, m in models.items():
         print(_model_line(name, m, running.get(name)))

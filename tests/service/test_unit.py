@@ -206,6 +206,10 @@ def test_restarts_on_failure_within_a_start_limit() -> None:
     # the start limit is a [Unit] setting; in [Service] systemd 252 would ignore it with a warning
     assert int(_one("Unit", "StartLimitBurst")) > 1
     assert _seconds(_one("Unit", "StartLimitIntervalSec")) > 0
+    # a user's mistake (exit 2, the CLI's one-line errors) is not retried: restarting would only repeat it
+    from agent.cli import EXIT_USAGE
+
+    assert _one("Service", "RestartPreventExitStatus") == str(EXIT_USAGE)
 
 
 def test_broker_is_ordered_after_but_not_required() -> None:
