@@ -138,20 +138,7 @@ class MultiSource(Section):
         return self.names or [f"{s.type}-{i}" for i, s in enumerate(self.sources)]
 
 
-SourceConfig = Annotated[
-    ReplaySource
-    | LinesSource
-    | SerialSource
-    | WavSource
-    | MicrophoneSource
-    | SyntheticSource
-    | MqttInputSource
-    | HttpInputSource
-    | VideoSource
-    | CameraSource
-    | MultiSource,
-    Field(discriminator="type"),
-]
+SourceConfig = Annotated[SingleSource | MultiSource, Field(discriminator="type")]  # one tagged union of them all
 
 
 class PreprocessConfig(Section):
