@@ -84,9 +84,11 @@ def run_in_thread(runner: Any, stop: threading.Event) -> Iterator[None]:
 
 
 class Publisher:
-    def __init__(self, port: int) -> None:
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-pub-{time.monotonic_ns()}")
-        self.client.connect("127.0.0.1", port)
+    """Publishes at QoS 1 and waits for each acknowledgement; ``client`` set up for TLS where the broker wants it."""
+
+    def __init__(self, port: int, client: mqtt.Client | None = None, host: str = "127.0.0.1") -> None:
+        self.client = client or mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-pub-{time.monotonic_ns()}")
+        self.client.connect(host, port)
         self.client.loop_start()
 
     def send(self, topic: str, payload: bytes | str | float) -> None:

@@ -24,7 +24,7 @@ from agent.sources.mqtt_input import MqttInputRunner, MqttInputSource
 from tests.conftest import write_config
 from tests.mqtt.tls_broker import PASSWORD, USER, TlsBroker, tls_mosquitto
 from tests.ota.https_server import make_pki
-from tests.sources.test_inputs import WAIT_S, Frames, run_in_thread
+from tests.sources.test_inputs import WAIT_S, Frames, Publisher, run_in_thread
 from tests.test_multi_pipeline import mean_model
 
 LOGGER = "agent.sources.mqtt_input"
@@ -52,20 +52,8 @@ def own_broker(broker: TlsBroker, folder: Path, **kw: Any) -> MqttInputSource:
     return MqttInputSource(**{**settings, **kw})
 
 
-class TlsPublisher:
-    def __init__(self, broker: TlsBroker) -> None:
-        self.client = broker.client(f"test-pub-{time.monotonic_ns()}")
-        self.client.connect("localhost", broker.port)
-        self.client.loop_start()
-
-    def send(self, topic: str, payload: str) -> None:
-        info = self.client.publish(topic, payload, qos=1)
-        info.wait_for_publish(WAIT_S)
-        assert info.is_published(), f"publish to {topic} over TLS not acknowledged"
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+def tls_publisher(broker: TlsBroker) -> Publisher:
+    return Publisher(broker.port, broker.client(f"test-pub-{time.monotonic_ns()}"), host="localhost")
 
 
 @pytest.fixture
@@ -91,7 +79,7 @@ def test_readings_published_over_tls_arrive_as_frames(
 ) -> None:
     runner, frames = start_input(own_broker(broker, tmp_path, window=2))
     assert runner.subscribed.wait(WAIT_S), "the input never subscribed over TLS"
-    publisher = TlsPublisher(broker)
+    publisher = tls_publisher(broker)
     try:
         for value in (1.5, 2.5):
             publisher.send("sensors/kitchen/temp", json.dumps(value))
@@ -133,7 +121,7 @@ def test_a_broker_signed_by_another_ca_gives_no_frames_and_one_clear_log_line(
         try:
             for _ in range(3):  # paho retries after 1 s, then 2 s
                 attempts.get(timeout=WAIT_S)
-            publisher = TlsPublisher(broker)  # the broker itself is fine: the right CA gets through
+            publisher = tls_publisher(broker)  # the broker itself is fine: the right CA gets through
             publisher.send("sensors/kitchen/temp", "20")
             publisher.close()
             assert not runner.subscribed.is_set()
@@ -163,7 +151,7 @@ def test_a_wrong_password_is_logged_once_and_retried_until_the_broker_takes_it(
         assert not runner.subscribed.wait(3.5)  # paho retried after 1 s and 2 s meanwhile
         broker.set_password("sensor-reader", "n3w")  # the broker learns the user: the next attempt gets in
         assert runner.subscribed.wait(WAIT_S), "the input did not retry after the refusal"
-        publisher = TlsPublisher(broker)
+        publisher = tls_publisher(broker)
         publisher.send("sensors/hall/temp", "21")
         publisher.close()
         assert frames.next().data[0, 0] == 21
@@ -209,7 +197,7 @@ postprocess = {{ type = "scalar", name = "mean" }}
     subscriber.on_message = lambda c, u, m: results.put(json.loads(m.payload))
     subscriber.connect("localhost", broker.port)
     subscriber.loop_start()
-    publisher = TlsPublisher(broker)
+    publisher = tls_publisher(broker)
     agent = agent_process(["run", "--config", str(config)])
     try:
         agent.wait_log("mqtt input subscribed to sensors/+/temp")
