@@ -19,6 +19,7 @@ from agent.planner.plan import Plan
 from agent.runtime.executor import PlanExecutor
 from agent.runtime.pipelined import PipelinedExecutor
 from agent.runtime.rounds import Timing, measure
+from agent.runtime.verify import ROUND_RUNS
 
 __all__ = ["Timing", "bench", "format_bench", "measure"]
 
@@ -51,7 +52,8 @@ def bench(
                 continue
             sessions[name] = session
             runners[name] = lambda s=session: s.run(inputs)  # type: ignore[misc]
-        timings = measure(runners, runs)
+        # short turns (ROUND_RUNS runs of each per round): a burst of load on a shared device hits all alike
+        timings = measure(runners, runs, rounds=max(3, runs // ROUND_RUNS))
         pipelined = _pipelined_interval(executor, inputs, runs) if plan.objective == "throughput" else None
         segments = [
             {
@@ -59,9 +61,10 @@ def bench(
                 "start": st.start,
                 "stop": st.stop,
                 "predicted_ms": st.predicted_ms,
+                "estimated_ms": seg.estimated_ms,  # the cost model's, where the prediction was calibrated
                 "measured_ms": st.median_ms,
             }
-            for st in executor.stats()
+            for st, seg in zip(executor.stats(), plan.segments, strict=True)
         ]
     except AcceleratorError as exc:
         raise ModelError(f"{model}: {exc}") from exc

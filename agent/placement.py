@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -102,7 +102,88 @@ def plan_for(
     whole-model placement before adopting it (``agent.runtime.verify``). Cached timings of this model are
     used even without ``measure``; ``threads`` is what each session is given while timing.
     """
+    draft = _draft(model, objective, configs, state_dir, input_shapes, only, without, use_cache, host, measure,
+                   threads, refresh)  # fmt: skip
+    if draft.cached or not (measure or refresh):
+        return draft.done(draft.plan)
+    return draft.done(_verified([draft], state_dir, threads)[0])
+
+
+def plan_variants(
+    models: Sequence[Path],
+    objective: Objective = "latency",
+    configs: Iterable[BackendConfig] = (),
+    state_dir: Path | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    only: Sequence[str] = (),
+    without: Iterable[str] = (),
+    use_cache: bool = True,
+    host: Host | None = None,
+    measure: bool = False,
+    threads: int = 1,
+    refresh: bool = False,
+) -> tuple[Plan, ModelProfile, Candidates, Path]:
+    """The best plan over several files of one model (variants: ONNX, TFLite ...), and the file it runs.
+
+    Each file is planned as by ``plan_for``; with ``measure`` (or ``refresh``) the placements of every
+    file are then measured in the same interleaved rounds (``agent.runtime.verify.verify_variants``), so
+    the file and engine chosen are the fastest measured, not the fastest predicted. ModelError only when
+    no file has an accelerator that runs it.
+    """
     host = host or Host()
+    drafts: list[_Draft] = []
+    errors: list[str] = []
+    for model in models:
+        try:
+            drafts.append(_draft(model, objective, configs, state_dir, input_shapes, only, without, use_cache, host,
+                                 measure, threads, refresh))  # fmt: skip
+        except ModelError as exc:  # no accelerator for this file: another may still run
+            errors.append(str(exc))
+    if not drafts:
+        raise ModelError("; ".join(errors) or "no model file given")
+    if (measure or refresh) and not all(d.cached for d in drafts):
+        plans = [d.done(p)[0] for d, p in zip(drafts, _verified(drafts, state_dir, threads), strict=True)]
+    else:
+        plans = [d.done(d.plan)[0] for d in drafts]
+    best = min(range(len(drafts)), key=lambda i: plans[i].predicted_ms)
+    return plans[best], drafts[best].profile, drafts[best].found, drafts[best].model
+
+
+@dataclass(frozen=True)
+class _Draft:
+    """A file planned, not yet verified: what verification and the plan cache need."""
+
+    model: Path
+    plan: Plan
+    profile: ModelProfile
+    found: Candidates
+    measured: Measured
+    cache: PlanCache | None  # where to keep the adopted plan (None: not cached)
+    cached: bool  # the plan came from the cache: verified already, where it was to be
+
+    def done(self, plan: Plan) -> tuple[Plan, ModelProfile, Candidates]:
+        plan = plan if self.cached else replace(plan, created_at=time.time())
+        if self.cache and not self.cached:
+            self.cache.put(plan)
+        return plan, self.profile, self.found
+
+
+def _draft(
+    model: Path,
+    objective: Objective,
+    configs: Iterable[BackendConfig],
+    state_dir: Path | None,
+    input_shapes: Mapping[str, Sequence[int]] | None,
+    only: Sequence[str],
+    without: Iterable[str],
+    use_cache: bool,
+    host: Host | None,
+    measure: bool,
+    threads: int,
+    refresh: bool,
+) -> _Draft:
+    host = host or Host()
+    without = tuple(without)
     profile = profile_model(model, input_shapes)
     found = candidates(
         model.suffix.lower(),
@@ -120,12 +201,12 @@ def plan_for(
     fingerprint = plan_fingerprint(host, found.capabilities)
     if measured:
         fingerprint = measured_fingerprint(fingerprint, measured)
-    cache = PlanCache(state_dir / "plans") if state_dir else None
-    if cache and use_cache and not only and not without:
+    cache = PlanCache(state_dir / "plans") if state_dir and not only and not without else None
+    if cache and use_cache:
         cached = cache.get(profile.digest, fingerprint, objective)
         if cached is not None:
             log.info("plan for %s from the cache (%s)", model.name, cache.path(profile.digest, fingerprint, objective))
-            return replace(cached, model_path=str(model)), profile, found
+            return _Draft(model, replace(cached, model_path=str(model)), profile, found, measured, cache, True)
     if objective == "throughput":
         plan = _throughput(profile, found, fingerprint, measured)
     else:
@@ -135,26 +216,20 @@ def plan_for(
     whole = [name for name, m in measurements.items() if not m.per_layer and name in found.capabilities]
     if whole:
         plan = replace(plan, reasons=_timed_whole(plan.reasons, whole))
-    if measure or refresh:
-        plan = _verified(model, plan, profile, found, measured, state_dir, threads)
-    plan = replace(plan, created_at=time.time())
-    if cache and not only and not without:
-        cache.put(plan)
-    return plan, profile, found
+    return _Draft(model, plan, profile, found, measured, cache, False)
 
 
-def _verified(
-    model: Path, plan: Plan, profile: ModelProfile, found: Candidates, measured: Measured, state_dir: Path | None,
-    threads: int,
-) -> Plan:  # fmt: skip
-    from agent.runtime.verify import verify_plan  # loads sessions: imports the onnx stack
+def _verified(drafts: Sequence[_Draft], state_dir: Path | None, threads: int) -> list[Plan]:
+    from agent.runtime.verify import Variant, verify_variants  # loads sessions: imports the onnx stack
 
     with tempfile.TemporaryDirectory(prefix="edge-agent-verify-") as tmp:
         work = state_dir / "segments" if state_dir else Path(tmp)
-        return verify_plan(
-            plan, profile, found.capabilities, measured,
-            lambda p: open_plan(model, p, profile, found.backends, work, threads, exclusive=True),
-        )  # fmt: skip
+
+        def opener(d: _Draft) -> Callable[[Plan], PlanExecutor]:
+            return lambda p: open_plan(d.model, p, d.profile, d.found.backends, work, threads, exclusive=True)
+
+        variants = [Variant(d.plan, d.profile, d.found.capabilities, d.measured, opener(d)) for d in drafts]
+        return verify_variants(variants)
 
 
 def _timed_whole(reasons: Sequence[str], names: Sequence[str]) -> tuple[str, ...]:

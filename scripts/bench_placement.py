@@ -2,14 +2,18 @@
 """Placement benchmark over the model zoo: the plan against every single engine, measured in one run.
 
 For each zoo model (built by scripts/make_zoo.py from pinned wheels): calibrate the engines present
-here once, plan each variant of the model (ONNX, and the TFLite original where there is one) and keep
-the variant whose plan predicts fastest; then measure, in interleaved rounds, the plan, each single
-engine on the whole model (onnxruntime CPU, OpenVINO CPU, LiteRT XNNPACK), and an out-of-the-box
-onnxruntime session (default options: all cores, spinning threads). Engines get --threads threads
-each (default: every core, as one model alone on the device would). Reports plan / best single,
-plan / worst single, out-of-the-box / plan, and predicted vs measured per segment.
+here once, plan the model as the daemon does over all its files (ONNX, and the TFLite original where
+there is one: ``agent.placement.plan_variants``, which measures every file's placements in the same
+rounds before adopting one); then measure, in interleaved rounds, the plan, each single engine on the
+whole model (onnxruntime CPU, OpenVINO CPU, LiteRT XNNPACK) and an out-of-the-box onnxruntime session
+(default options: all cores, spinning threads). Each single engine runs as the daemon would run it
+alone: --threads threads (default: every core), BackendOptions.exclusive. Rounds are short (a few runs
+of each placement, rotating, each turn after an untimed settle run) so a burst of load on a shared
+machine slows every placement alike; medians with p10/p90 are reported. Reports plan / best single,
+plan / worst single, out-of-the-box / plan, and predicted vs measured per segment (calibrated, and the
+cost model's own estimate before calibration).
 
-    .venv/bin/python scripts/bench_placement.py [--zoo .cache/zoo] [--only NAME ...] [--runs 40] [--json]
+    .venv/bin/python scripts/bench_placement.py [--zoo .cache/zoo] [--only NAME ...] [--runs 100] [--json]
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,47 +36,48 @@ import onnxruntime as ort  # noqa: E402
 
 from accelerators.base import BackendOptions  # noqa: E402
 from agent.doctor import examine  # noqa: E402
-from agent.placement import open_plan, plan_for  # noqa: E402
+from agent.models.profile import profile_model  # noqa: E402
+from agent.placement import candidates, open_plan, plan_variants  # noqa: E402
 from agent.planner.measured import model_inputs  # noqa: E402
-from agent.planner.plan import Plan  # noqa: E402
 from agent.runtime.rounds import measure  # noqa: E402
 
 ENGINES = ("onnxruntime-cpu", "openvino-cpu", "litert-cpu")
-
-
-def _plan(path: Path, state: Path, shapes: dict[str, list[int]], threads: int) -> tuple[Plan, Any, Any]:
-    # per-layer measurement first: the plan rests on this model's own timings on each engine
-    return plan_for(path, "latency", state_dir=state, input_shapes=shapes, only=ENGINES, measure=True, threads=threads)
+ROUND_RUNS = 4  # timed runs of each placement per round
 
 
 def bench_entry(entry: dict[str, Any], zoo: Path, state: Path, runs: int, threads: int) -> dict[str, Any]:
     variants = [zoo / entry["onnx"]] + ([zoo / entry["tflite"]] if entry.get("tflite") else [])
-    planned = [(path, *_plan(path, state, entry["inputs"], threads)) for path in variants]
-    path, plan, profile, found = min(planned, key=lambda p: p[1].predicted_ms)
+    # as the daemon plans a model given in several files: per-layer timing of each file on each engine,
+    # then every file's placements measured in the same rounds before one is adopted
+    plan, profile, found, path = plan_variants(
+        variants, "latency", state_dir=state, input_shapes=entry["inputs"], only=ENGINES, measure=True, threads=threads
+    )
     closers: list[Callable[[], None]] = []
     runners: dict[str, Callable[[], object]] = {}
     executor = open_plan(path, plan, profile, found.backends, state / "segments", threads, exclusive=True)
     closers.append(executor.close)
     plan_inputs = model_inputs(profile.inputs)
     runners["plan"] = lambda: executor.run(plan_inputs)
-    for variant, _, vprofile, vfound in planned:
-        inputs = model_inputs(vprofile.inputs)
-        for name, backend in vfound.backends.items():
+    onnx_path = zoo / entry["onnx"]
+    for variant in variants:
+        inputs = model_inputs(profile_model(variant, entry["inputs"]).inputs)
+        for name, backend in candidates(variant.suffix, only=ENGINES).backends.items():
+            # the daemon's session for a model alone on the device (agent.runtime.placed, a one-segment plan)
             session = backend.load(variant, BackendOptions(threads=threads, exclusive=True))
             closers.append(session.close)
-            runners[name] = lambda s=session, i=inputs: s.run(i)
-    onnx_path = zoo / entry["onnx"]
-    onnx_inputs = model_inputs(next(p for v, _, p, _ in planned if v == onnx_path).inputs)
+            runners[name] = partial(session.run, inputs)
+        if variant == onnx_path:
+            onnx_inputs = inputs
+    # Out of the box: default session options (all cores, spinning threads, full graph optimisation).
+    default = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    runners["onnxruntime-default"] = lambda: default.run(None, onnx_inputs)
     try:
-        timings = measure(runners, runs)
-        # Out of the box, onnxruntime's threads keep spinning after each run and would slow whichever
-        # runner came next, so it is measured on its own, after the others.
-        default = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        timings.update(measure({"onnxruntime-default": lambda: default.run(None, onnx_inputs)}, runs))
+        # each turn starts with an untimed settle run, which absorbs the previous runner's spinning threads
+        timings = measure(runners, runs, rounds=max(3, runs // ROUND_RUNS))
         segments = [
             {"accelerator": s.accelerator, "layers": f"{s.start}-{s.stop - 1}", "predicted_ms": s.predicted_ms,
-             "measured_ms": s.median_ms}
-            for s in executor.stats()
+             "estimated_ms": seg.estimated_ms, "measured_ms": s.median_ms}
+            for s, seg in zip(executor.stats(), plan.segments, strict=True)
         ]  # fmt: skip
     finally:
         for close in closers:
@@ -89,7 +95,9 @@ def bench_entry(entry: dict[str, Any], zoo: Path, state: Path, runs: int, thread
         "plan_ms": plan_ms,
         "plan_p10_p90": [timings["plan"].p10_ms, timings["plan"].p90_ms],
         "single": singles,
-        "single_predicted": {n: ms for _, p, _, _ in planned for n, ms in p.single.items() if ms is not None},
+        "single_p10_p90": {n: [timings[n].p10_ms, timings[n].p90_ms] for n in singles},
+        "default_p10_p90": [timings["onnxruntime-default"].p10_ms, timings["onnxruntime-default"].p90_ms],
+        "verified": plan.verified,
         "best": best,
         "worst": worst,
         "default_ms": timings["onnxruntime-default"].median_ms,
@@ -104,7 +112,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", type=Path, default=ROOT / ".cache" / "zoo", help="zoo folder (built if missing)")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="only these zoo models")
-    parser.add_argument("--runs", type=int, default=40, help="timed runs per placement (default: 40)")
+    parser.add_argument("--runs", type=int, default=100, help="timed runs per placement (default: 100)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument(
         "--threads", type=int, default=os.cpu_count() or 1, help="CPU threads per session (default: every core)"
@@ -130,29 +138,43 @@ def main() -> int:
 
 def _print_row(r: dict[str, Any], first: bool) -> None:
     if first:
-        print(f"{'model':<28}{'kind':<13}{'plan ms':>9}{'pred':>8}{'ort':>8}{'ov':>8}{'litert':>8}{'ort-dflt':>9}"
-              f"{'plan/best':>10}{'dflt/plan':>10}  plan")  # fmt: skip
+        print(f"{'model':<28}{'kind':<13}{'plan ms':>9}{'p10-p90':>13}{'pred':>8}{'ort':>8}{'ov':>8}{'litert':>8}"
+              f"{'ort-dflt':>9}{'plan/best':>10}{'dflt/plan':>10}  plan")  # fmt: skip
     s = r["single"]
     cell = {n: f"{s[n]:.2f}" if n in s else "-" for n in ENGINES}
+    p10, p90 = r["plan_p10_p90"]
     print(
-        f"{r['model']:<28}{r['kind']:<13}{r['plan_ms']:>9.2f}{r['predicted_ms']:>8.2f}{cell['onnxruntime-cpu']:>8}"
-        f"{cell['openvino-cpu']:>8}{cell['litert-cpu']:>8}{r['default_ms']:>9.2f}{r['plan_vs_best']:>10.2f}"
-        f"{r['default_vs_plan']:>10.2f}  {r['plan']}",
+        f"{r['model']:<28}{r['kind']:<13}{r['plan_ms']:>9.2f}{f'{p10:.2f}-{p90:.2f}':>13}{r['predicted_ms']:>8.2f}"
+        f"{cell['onnxruntime-cpu']:>8}{cell['openvino-cpu']:>8}{cell['litert-cpu']:>8}{r['default_ms']:>9.2f}"
+        f"{r['plan_vs_best']:>10.2f}{r['default_vs_plan']:>10.2f}  {r['plan']}",
         flush=True,
     )
 
 
+def _within(predicted: float | None, measured: float | None) -> bool:
+    return predicted is not None and measured is not None and abs(measured / predicted - 1) <= 0.2
+
+
 def _summary(rows: list[dict[str, Any]]) -> None:
-    within = [abs(seg["measured_ms"] / seg["predicted_ms"] - 1) <= 0.2 for r in rows for seg in r["segments"]]
+    segments = [seg for r in rows for seg in r["segments"]]
+    calibrated = sum(_within(seg["predicted_ms"], seg["measured_ms"]) for seg in segments)
+    estimated = sum(_within(seg["estimated_ms"] or seg["predicted_ms"], seg["measured_ms"]) for seg in segments)
     print()
     print(f"plan <= 1.05x best single engine : {sum(r['plan_vs_best'] <= 1.05 for r in rows)}/{len(rows)} models")
     print(f"plan >= 1.5x faster than default : {sum(r['default_vs_plan'] >= 1.5 for r in rows)}/{len(rows)} models")
-    print(f"segments predicted within +-20%  : {sum(within)}/{len(within)}")
-    print("segments (predicted -> measured ms):")
+    print(f"segments predicted within +-20%  : {calibrated}/{len(segments)} (calibrated at plan time), "
+          f"{estimated}/{len(segments)} (cost model alone, before calibration)")  # fmt: skip
+    print("segments (cost model -> calibrated prediction -> measured ms):")
     for r in rows:
         for seg in r["segments"]:
-            print(f"  {r['model']:<28}{seg['accelerator']:<18}{seg['layers']:>9}"
-                  f"{seg['predicted_ms']:>9.2f} -> {seg['measured_ms']:.2f}")  # fmt: skip
+            est = "-" if seg["estimated_ms"] is None else f"{seg['estimated_ms']:.2f}"
+            print(f"  {r['model']:<28}{seg['accelerator']:<18}{seg['layers']:>9}{est:>9} ->"
+                  f"{seg['predicted_ms']:>7.2f} -> {seg['measured_ms']:.2f}")  # fmt: skip
+    print("p10-p90 of each single engine (ms):")
+    for r in rows:
+        spread = "  ".join(f"{n} {a:.2f}-{b:.2f}" for n, (a, b) in r["single_p10_p90"].items())
+        low, high = r["default_p10_p90"]
+        print(f"  {r['model']:<28}{spread}  onnxruntime-default {low:.2f}-{high:.2f}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ class Segment:
     return_ms: float = 0.0  # the last segment: moving the model's outputs back to the host
     inputs: tuple[str, ...] = ()  # activation tensors it reads that are produced before it (or model inputs)
     outputs: tuple[str, ...] = ()  # activation tensors it produces that later segments or the caller read
+    # the cost model's figure where predicted_ms was calibrated to a measurement (agent.runtime.verify)
+    estimated_ms: float | None = None
 
     @property
     def layers(self) -> range:
@@ -78,6 +80,7 @@ class Plan:
                 return_ms=float(s.get("return_ms", 0.0)),
                 inputs=tuple(s.get("inputs", ())),
                 outputs=tuple(s.get("outputs", ())),
+                estimated_ms=None if s.get("estimated_ms") is None else float(s["estimated_ms"]),
             )
             for s in raw_segments
         )

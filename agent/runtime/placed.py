@@ -25,8 +25,7 @@ from accelerators.errors import AcceleratorError
 from accelerators.registry import discover, select
 from agent.config import ModelConfig
 from agent.errors import ModelError
-from agent.models.ir import ModelProfile
-from agent.placement import candidates, plan_for
+from agent.placement import candidates, plan_variants
 from agent.planner.plan import Plan
 
 if TYPE_CHECKING:  # these import onnx: only a model that is really placed needs them
@@ -113,30 +112,19 @@ class PlacedModel:
 
         cfg = self.cfg
         shapes = {name: tuple(dims) for name, dims in cfg.input_shapes.items()}
-        best: tuple[Plan, ModelProfile, Path] | None = None
-        errors = []
-        for path in self.paths:
-            try:
-                plan, profile, _ = plan_for(
-                    path,
-                    cfg.objective,
-                    self._configs,
-                    self._state_dir,
-                    shapes,
-                    only=cfg.accelerators,
-                    without=failed,
-                    use_cache=use_cache,
-                    refresh=refresh,
-                    threads=cfg.threads,
-                )
-            except ModelError as exc:  # no accelerator left for this variant: another may still run
-                errors.append(str(exc))
-                continue
-            if best is None or plan.predicted_ms < best[0].predicted_ms:
-                best = (plan, profile, path)
-        if best is None:
-            raise ModelError("; ".join(errors))
-        plan, profile, path = best
+        # with refresh, every file's placements are measured in the same rounds and the fastest kept
+        plan, profile, _, path = plan_variants(
+            self.paths,
+            cfg.objective,
+            self._configs,
+            self._state_dir,
+            shapes,
+            only=cfg.accelerators,
+            without=failed,
+            use_cache=use_cache,
+            refresh=refresh,
+            threads=cfg.threads,
+        )
         work = (self._state_dir / "segments") if self._state_dir else path.parent / ".edge-agent-segments"
         return plan, split_onnx(path, profile, plan.segments, work)
 

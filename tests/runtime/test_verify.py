@@ -96,3 +96,52 @@ def test_plan_for_with_measure_verifies_and_caches_the_verified_plan(nets: dict[
     assert plan.reasons[-1].startswith("measured before adoption, in interleaved rounds")
     again, _, _ = plan_for(path, state_dir=tmp_path)  # from the cache, verified figures and all
     assert again.verified == plan.verified and again.segments == plan.segments
+
+
+def test_the_files_of_one_model_are_verified_in_the_same_rounds_and_the_fastest_measured_is_adopted(
+    tmp_path: Path,
+) -> None:
+    from agent.placement import plan_variants
+    from tests.conftest import FACE_MODEL
+    from tests.test_zoo import _script
+
+    onnx_face = tmp_path / "face.onnx"
+    _script("tflite_to_onnx").convert(FACE_MODEL, onnx_face)  # the same model as ONNX
+    plan, profile, found, path = plan_variants([onnx_face, FACE_MODEL], state_dir=tmp_path / "state", measure=True)
+    # engines that load the TFLite file and engines that load the ONNX file, in one measurement
+    assert {ORT, OV, "litert-cpu"} <= set(plan.verified)
+    fastest = min(plan.verified, key=plan.verified.__getitem__)
+    assert plan.accelerators == (fastest,) and path.suffix == (".tflite" if fastest == "litert-cpu" else ".onnx")
+    assert profile.format == path.suffix.removeprefix(".") and fastest in found.backends
+    # predictions calibrated to what was measured; the cost model's figure kept beside it
+    assert plan.predicted_ms == plan.verified[fastest]
+    assert all(seg.estimated_ms is not None for seg in plan.segments)
+    assert any(r.startswith("predictions calibrated to these runs") for r in plan.reasons)
+    # from the cache, each file's adopted plan: the same choice without measuring again
+    again, _, _, again_path = plan_variants([onnx_face, FACE_MODEL], state_dir=tmp_path / "state")
+    assert again_path == path and again.segments == plan.segments
+
+
+def test_a_split_only_a_little_faster_than_a_whole_placement_is_not_adopted(
+    nets: dict[str, Path],
+    profiles: dict[str, ModelProfile],
+    backends: dict[str, Backend],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from agent.runtime import verify
+
+    path, profile = nets["mobilenet_v2"], profiles["mobilenet_v2"]
+    caps = {name: backends[name].capabilities() for name in (ORT, OV)}
+    split = replace(hand_made_plan(profile, even_cuts(profile, 2), [ORT, OV]), single=make_plan(profile, caps).single)
+    real = verify._measure
+
+    def split_ahead_by_2_percent(*args: object) -> dict[str, object]:
+        trials = real(*args)  # type: ignore[arg-type]
+        best_whole = min(t.median_ms for k, t in trials.items() if k != SPLIT)
+        return {**trials, SPLIT: replace(trials[SPLIT], median_ms=0.98 * best_whole)}
+
+    monkeypatch.setattr(verify, "_measure", split_ahead_by_2_percent)
+    verified = verify_plan(split, profile, caps, None, opener(path, profile, backends, tmp_path))
+    assert len(verified.segments) == 1 and verified.accelerators[0] in {ORT, OV}
+    assert "the split is not 5% faster" in verified.reasons[-1]
