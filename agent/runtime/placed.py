@@ -36,6 +36,7 @@ DRIFT_WINDOW = 256  # runs before the first drift check (doubles after each drif
 
 log = logging.getLogger(__name__)
 
+DRIFT_CHECK_EVERY = 32  # runs between two drift checks (DRIFT_WINDOW is a multiple of it)
 MIN_DRIFT_MS = 0.2  # below this a segment's deviation is timer and scheduler jitter
 MAX_DRIFT_WINDOW = 64 * DRIFT_WINDOW
 
@@ -163,7 +164,9 @@ class PlacedModel:
         outputs = self._session().run(inputs)
         if self._executor is not None:
             self._runs_since_plan += 1
-            if self._runs_since_plan >= self._drift_window and self.cfg.replan_drift > 0:
+            runs = self._runs_since_plan
+            # every DRIFT_CHECK_EVERY runs once the window is full: a check sorts each segment's recent timings
+            if runs >= self._drift_window and runs % DRIFT_CHECK_EVERY == 0 and self.cfg.replan_drift > 0:
                 self._check_drift()
         return outputs
 
