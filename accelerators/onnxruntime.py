@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import psutil
 from pydantic import Field
 
 from accelerators import catalog
@@ -190,7 +191,11 @@ class OnnxRuntimeBackend:
         check_model_file(model)
         opts = options or BackendOptions()
         so = ort.SessionOptions()
-        so.intra_op_num_threads = opts.threads
+        # A session alone on the device asking for every core gets onnxruntime's own pool (0): one thread per
+        # physical core, each pinned to its core. Pinning keeps the tail short (measured on 2 cores, median
+        # and p90: face detector 1.76/2.13 ms pinned vs 1.88/5.99 ms with the same two threads unpinned).
+        all_cores = opts.exclusive and opts.threads >= (psutil.cpu_count(logical=False) or 1)
+        so.intra_op_num_threads = 0 if all_cores else opts.threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         # Spinning threads burn the cores other sessions and the agent itself need (measured: up to
