@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from agent import __version__
-from agent.config import Config
+from agent.config import Config, PipelineConfig
 from agent.control import Control
 from agent.errors import AgentError
 from agent.liveness import Liveness
@@ -50,6 +50,8 @@ class Agent:
         self._tasks: dict[str, asyncio.Future[None]] = {}
         self._tg: asyncio.TaskGroup | None = None
         self.notifier = Notifier()
+        # pipelines whose model could not be loaded at start: shown in the status, retried by restart-pipeline
+        self.unloaded: dict[str, tuple[PipelineConfig, AgentError]] = {}
         self.liveness: Liveness | None = None
 
     def request_stop(self) -> None:
@@ -120,12 +122,19 @@ class Agent:
         self.store = ReleaseStore(state_dir / "ota")
         await asyncio.to_thread(recover, self.store, self.config.pipelines)
         models = await asyncio.gather(
-            *(asyncio.to_thread(load_serving, p, backends, state_dir, self.store) for p in self.config.pipelines)
+            *(asyncio.to_thread(load_serving, p, backends, state_dir, self.store) for p in self.config.pipelines),
+            return_exceptions=True,
         )
-        self.pipelines = [
-            Pipeline(p, m, self.topics, SeqAllocator(state_dir, p.name))
-            for p, m in zip(self.config.pipelines, models, strict=True)
-        ]
+        for p, m in zip(self.config.pipelines, models, strict=True):
+            if isinstance(m, AgentError):  # this pipeline's model is unusable: the others still serve
+                log.error("pipeline %s not started: %s", p.name, m)
+                self.unloaded[p.name] = (p, m)
+            elif isinstance(m, BaseException):
+                raise m
+            else:
+                self.pipelines.append(Pipeline(p, m, self.topics, SeqAllocator(state_dir, p.name)))
+        if not self.pipelines:  # nothing to serve: the user's to fix (exit 2 via the CLI)
+            raise next(iter(self.unloaded.values()))[1]
         outbox = await asyncio.to_thread(Outbox, outbox_path(self.config.outbox, state_dir), self.config.outbox)
         left = outbox.mark_restart()
         if left:
@@ -156,6 +165,9 @@ class Agent:
     async def restart_pipeline(self, name: str) -> None:
         """Stop a pipeline (its queued frames are still inferred and stored), then start it afresh: its source
         from the beginning, and its model loaded again if the pipeline had failed."""
+        if name in self.unloaded:
+            await self._start_unloaded(name)
+            return
         index = next(i for i, p in enumerate(self.pipelines) if p.name == name)
         old = self.pipelines[index]
         # the run loop waits on this stand-in meanwhile, so it never sees the pipeline as finished for good
@@ -179,6 +191,19 @@ class Agent:
         finally:
             standin.set_result(None)  # a failed restart leaves the pipeline stopped; the reply says why
         log.info("pipeline %s restarted", name)
+
+    async def _start_unloaded(self, name: str) -> None:
+        """Try again to load the model of a pipeline that could not start (e.g. its file was fixed since)."""
+        cfg, _ = self.unloaded[name]
+        model = await asyncio.to_thread(load_serving, cfg, self.config.backend_configs, self.state_dir, self.store)
+        fresh = Pipeline(cfg, model, self.topics, SeqAllocator(self.state_dir, name))
+        del self.unloaded[name]
+        self.pipelines.append(fresh)
+        if self.updater is not None:
+            self.updater.serve([fresh])
+        if not self._stop.is_set():
+            self._start(fresh)
+        log.info("pipeline %s started: its model loaded this time", name)
 
     def _delivered(self, topic: str) -> None:
         for p in self.pipelines:

@@ -119,7 +119,8 @@ class Control:
 
     async def _restart_pipeline(self, request: Request) -> dict[str, Any]:
         args: Any = request.args
-        self._pipeline(args.pipeline)  # a clear error for an unknown name
+        if args.pipeline not in self.agent.unloaded:
+            self._pipeline(args.pipeline)  # a clear error for an unknown name
         await self.agent.restart_pipeline(args.pipeline)
         return {"pipeline": args.pipeline, "restarted": True}
 
@@ -140,6 +141,13 @@ class Control:
                 "rate_hz": p.source.rate_hz,
                 "error": None if p.error is None else str(p.error),
                 "placement": _placement(session),
+            }
+        for name, (cfg, error) in agent.unloaded.items():
+            pipelines[name] = {
+                "model": cfg.model.name or cfg.model.path.stem,
+                "version": cfg.model.version,
+                "accelerators": [],
+                "error": f"not started: {error}",
             }
         return {
             "device": agent.topics.device_id,

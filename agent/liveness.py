@@ -130,6 +130,7 @@ class Liveness:
     def summary(self) -> str:
         """One line for ``systemctl status``."""
         parts = [_pipeline_line(p) for p in self.agent.pipelines]
+        parts += [f"{name} not started (model)" for name in self.agent.unloaded]
         sender = self.agent.sender
         backlog = sender.outbox.stats().backlog if sender is not None else 0
         tail = f"; {backlog} result(s) waiting in the outbox" if backlog else ""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import queue
 import secrets
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from paho.mqtt.properties import Properties
 
 from agent.mqtt.commands import sign_command
 from agent.mqtt.localbroker import Mosquitto, free_port
-from tests.conftest import write_config
+from tests.conftest import DIGITS_MODEL, write_config
 from tests.mqtt.test_delivery import pipeline
 
 DEVICE = "ctl"
@@ -197,4 +198,38 @@ def test_home_assistant_discovery_and_prometheus_metrics(
     assert inferences and float(inferences[0].split()[-1]) > 0
     assert "edge_agent_outbox_backlog" in text
     client.close()
+    assert agent.stop() == 0
+
+
+def test_a_pipeline_whose_model_cannot_load_is_reported_while_the_others_serve(
+    mosquitto: Mosquitto, agent_process: Any, tmp_path: Path
+) -> None:
+    """A damaged model file stops its own pipeline only; once the file is fixed, restart-pipeline starts it."""
+    good = tmp_path / "good.onnx"
+    broken = tmp_path / "broken.onnx"
+    shutil.copy(DIGITS_MODEL, good)
+    broken.write_bytes(b"\x08\x07not a model at all" * 10)
+    pipelines = pipeline(20.0).replace(str(DIGITS_MODEL), str(good))
+    pipelines += pipeline(20.0).replace('name = "digits"', 'name = "spare"').replace(str(DIGITS_MODEL), str(broken))
+    config = write_config(tmp_path, mosquitto.port, pipelines, device_id=DEVICE)
+    agent = agent_process(["run", "--config", str(config)])
+    client = Client(mosquitto.port)
+    try:
+        client.next(f"{BASE}/digits/result")  # the good pipeline serves
+        line = agent.wait_log("pipeline spare not started")
+        assert "broken.onnx" in line
+        status = client.ask("status", {})["result"]["pipelines"]
+        assert status["digits"]["inferences"] > 0 and status["digits"]["error"] is None
+        assert status["spare"]["error"].startswith("not started:") and "broken.onnx" in status["spare"]["error"]
+        # still broken: the restart says why, and the daemon goes on
+        again = client.ask("restart-pipeline", {"pipeline": "spare"})
+        assert not again["ok"] and "broken.onnx" in again["error"]["message"]
+        shutil.copy(DIGITS_MODEL, broken)  # the user fixes the file
+        fixed = client.ask("restart-pipeline", {"pipeline": "spare"})
+        assert fixed["ok"], fixed
+        result = client.next(f"{BASE}/spare/result")[0]
+        assert result["pipeline"] == "spare" and result["label"] is not None
+        assert client.ask("status", {})["result"]["pipelines"]["spare"]["error"] is None
+    finally:
+        client.close()
     assert agent.stop() == 0
