@@ -104,6 +104,9 @@ class LoadedModel:
         self.name = cfg.model.name or cfg.model.release or cfg.model.path.name.split(".")[0]
         self.version = cfg.model.version
         self.health = ModelHealth()
+        if cfg.batch_size > 1 and self.batchable:
+            # the plan timed one frame: batches would look like drift and set off re-plan after re-plan
+            self.session.drift_checks = False
 
     @property
     def batchable(self) -> bool:

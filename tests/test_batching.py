@@ -41,6 +41,7 @@ model = {model}
         agent = Agent(load_config(config))
         assert asyncio.run(agent.run()) == 0
         stats = agent.pipelines[0].stats()
+        stats["drift_checks"] = agent.pipelines[0].model.session.drift_checks
         results = [sub.next().json() for _ in range(stats["inferences"])]
     finally:
         sub.close()
@@ -71,6 +72,7 @@ def test_two_inputs_batched_into_one_model_give_every_frame_its_own_right_result
     stats = batched.pop()["stats"]
     assert stats["inferences"] == 2 * FRAMES_PER_INPUT and stats["frames_dropped"] == 0
     assert stats["batches"] < stats["inferences"]  # frames were inferred together
+    assert not stats["drift_checks"]  # batches are not what the plan timed: no re-plans on them
     assert any(r.get("batch", 1) > 1 for r in batched)
     by_input: dict[str, list[str]] = {"left": [], "right": []}
     for r in batched:
@@ -82,6 +84,7 @@ def test_two_inputs_batched_into_one_model_give_every_frame_its_own_right_result
     single = _run(tmp_path, mosquitto.port, "single", _digits_source(), DIGITS_MODEL, DIGITS_PROCESSING)
     single_stats = single.pop()["stats"]
     assert single_stats["batches"] == single_stats["inferences"] == 2 * FRAMES_PER_INPUT
+    assert single_stats["drift_checks"]
     assert all("batch" not in r for r in single)
 
     def scores(results: list[dict[str, Any]]) -> dict[tuple[str, str], list[float]]:

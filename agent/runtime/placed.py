@@ -58,6 +58,8 @@ class PlacedModel:
         self._direct: Session | None = None
         self._runs_since_plan = 0
         self._drift_window = DRIFT_WINDOW  # doubles after each drift re-plan: a noisy device settles down
+        # off where the runs are not what the plan timed (batches of frames, when a pipeline batches)
+        self.drift_checks = True
         self.replans = 0
         try:
             self._open()
@@ -166,7 +168,8 @@ class PlacedModel:
             self._runs_since_plan += 1
             runs = self._runs_since_plan
             # every DRIFT_CHECK_EVERY runs once the window is full: a check sorts each segment's recent timings
-            if runs >= self._drift_window and runs % DRIFT_CHECK_EVERY == 0 and self.cfg.replan_drift > 0:
+            due = runs >= self._drift_window and runs % DRIFT_CHECK_EVERY == 0
+            if due and self.drift_checks and self.cfg.replan_drift > 0:
                 self._check_drift()
         return outputs
 
