@@ -242,6 +242,12 @@ class ModelConfig(Section):
         description="With backend = 'auto': the same model in other files (e.g. model.tflite beside model.onnx, or "
         "model_edgetpu.tflite); each is planned and the fastest used. Inputs and outputs must have the same names.",
     )
+    measure: bool = Field(
+        True,
+        description="With backend = 'auto': time the model on each candidate accelerator when it is first planned "
+        "(seconds; cached per model and hardware) and keep the placement that measures fastest; false: place by "
+        "the catalog and calibration figures alone (re-planned by measurement when live latency drifts).",
+    )
     objective: Literal["latency", "throughput"] = Field(
         "latency", description="What the plan minimises: one frame's latency, or the slowest pipeline stage."
     )

@@ -126,6 +126,7 @@ class PlacedModel:
             without=failed,
             use_cache=use_cache,
             refresh=refresh,
+            measure=cfg.measure,
             threads=cfg.threads,
         )
         work = (self._state_dir / "segments") if self._state_dir else path.parent / ".edge-agent-segments"

@@ -50,8 +50,9 @@ def test_live_drift_beyond_the_bound_re_plans_from_measurements(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The null part is "infinitely fast" to the planner but sleeps 1 ms a run: live latency drifts.
+    # (Planned from estimates alone: measured at its first start, the sleeping part would never be chosen.)
     configs = (NullConfig(delay_ms=1.0),)
-    cfg = ModelConfig(path=DIGITS_MODEL, accelerators=["null", "onnxruntime-cpu"], replan_drift=0.5)
+    cfg = ModelConfig(path=DIGITS_MODEL, accelerators=["null", "onnxruntime-cpu"], replan_drift=0.5, measure=False)
     placed = PlacedModel(cfg, configs, tmp_path)
     assert placed.accelerators == ("null",) and placed.replans == 0
     name = placed.inputs[0].name
@@ -109,3 +110,16 @@ def test_an_unknown_accelerator_in_the_config_is_a_clear_error(tmp_path: Path) -
 
     with pytest.raises(ModelError, match=r"unknown accelerator.*onnxrutime-cpu.*edge-agent doctor"):
         PlacedModel(ModelConfig(path=DIGITS_MODEL, accelerators=["onnxrutime-cpu"]), (), tmp_path)
+
+
+def test_measured_at_first_start_the_slow_part_is_never_chosen(tmp_path: Path) -> None:
+    """The daemon's default: the same promise-more-than-it-delivers part is caught before the first frame."""
+    configs = (NullConfig(delay_ms=1.0),)
+    cfg = ModelConfig(path=DIGITS_MODEL, accelerators=["null", "onnxruntime-cpu"])
+    assert cfg.measure
+    placed = PlacedModel(cfg, configs, tmp_path)
+    try:
+        assert placed.accelerators == ("onnxruntime-cpu",) and placed.replans == 0
+        assert placed.plan is not None and placed.plan.verified  # the placements were measured before adoption
+    finally:
+        placed.close()
