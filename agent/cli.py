@@ -148,9 +148,11 @@ def _build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser(
         "plan",
         help="place each part of a model on the accelerator that runs it fastest, and say why",
-        description="Profile MODEL, estimate each layer's cost on every available accelerator (calibrated figures "
-        "where 'doctor --calibrate' measured them, else catalog estimates), and find the cheapest placement over "
-        "contiguous segments, never worse than the best single accelerator. Plans are cached per model and hardware.",
+        description="Profile MODEL, time each layer on every available accelerator (with --estimate: estimate it "
+        "from calibrated figures where 'doctor --calibrate' measured them, else catalog figures), find the cheapest "
+        "placement over contiguous segments, never worse than the best single accelerator, and measure it against "
+        "each accelerator running the whole model before adopting it, as the daemon does. Plans are cached per "
+        "model and hardware.",
     )
     _placement_args(plan)
     plan.add_argument("--picture", type=Path, metavar="FILE.svg", help="also draw the plan as an SVG picture")
@@ -184,10 +186,12 @@ def _placement_args(parser: argparse.ArgumentParser) -> None:
         "--input", action="append", default=[], metavar="NAME=D1,D2,...", help="pin a dynamic input's shape"
     )
     parser.add_argument(
-        "--measure",
+        "--estimate",
         action="store_true",
-        help="time the model layer by layer on each accelerator first (seconds; cached) and place by those times",
+        help="place by the catalog and calibration figures alone (instant) instead of timing the model on each "
+        "accelerator first and measuring the placements (seconds; cached), as the daemon does",
     )
+    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)  # the default now
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -355,7 +359,7 @@ def _plan(args: argparse.Namespace, use_cache: bool) -> tuple[Any, Any, Any, Pat
         shapes,
         args.accelerator,
         use_cache=use_cache,
-        measure=args.measure,
+        measure=not args.estimate,
     )
     return plan, profile, found, state_dir
 
