@@ -102,11 +102,10 @@ def plan_for(
     whole-model placement before adopting it (``agent.runtime.verify``). Cached timings of this model are
     used even without ``measure``; ``threads`` is what each session is given while timing.
     """
-    draft = _draft(model, objective, configs, state_dir, input_shapes, only, without, use_cache, host, measure,
-                   threads, refresh)  # fmt: skip
-    if draft.cached or not (measure or refresh):
-        return draft.done(draft.plan)
-    return draft.done(_verified([draft], state_dir, threads)[0])
+    plan, profile, found, _ = plan_variants(
+        [model], objective, configs, state_dir, input_shapes, only, without, use_cache, host, measure, threads, refresh
+    )
+    return plan, profile, found
 
 
 def plan_variants(
