@@ -78,10 +78,6 @@ class WavRunner(Runner):
         self.rate_hz = self.sample_rate / self.hop if cfg.realtime else 0.0
         self._samples: np.ndarray | None = None
 
-    def restart(self) -> None:
-        """Start over from the first window; call from any thread."""
-        self._restart.set()
-
     def run(self) -> None:
         samples = self._load()
         starts = range(0, len(samples) - self.cfg.window + 1, self.hop)
@@ -144,10 +140,6 @@ class MicrophoneRunner(Runner):
         self.hop = cfg.hop if cfg.hop is not None else cfg.window
         self.origin = f"microphone:{cfg.device or 'default'}"
         self._warned = False
-
-    def restart(self) -> None:
-        """Start over from an empty window; call from any thread."""
-        self._restart.set()
 
     def run(self) -> None:
         while not self.stop.is_set():

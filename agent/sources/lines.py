@@ -84,10 +84,6 @@ class LinesRunner(Runner):
         self.rate_hz = cfg.rate_hz  # changed at run time by the pipeline-rate command
         self._warned: set[str] = set()
 
-    def restart(self) -> None:
-        """Start over: a file from its first line; a FIFO with an empty window. Call from any thread."""
-        self._restart.set()
-
     def run(self) -> None:
         while not self.stop.is_set():
             self._restart.clear()
@@ -222,10 +218,6 @@ class SerialRunner(Runner):
         self.cfg = cfg
         self.rate_hz = cfg.rate_hz  # changed at run time by the pipeline-rate command
         self._warned: set[str] = set()
-
-    def restart(self) -> None:
-        """Start over from an empty window; call from any thread."""
-        self._restart.set()
 
     def run(self) -> None:
         while not self.stop.is_set():

@@ -178,10 +178,6 @@ class MqttInputRunner(Runner):
         self._connected = False  # paho's thread only
         self._last_problem = ""  # paho's thread only: each problem is logged once per outage, not at every retry
 
-    def restart(self) -> None:
-        """Start over with empty windows; call from any thread."""
-        self._restart.set()
-
     def run(self) -> None:
         client = self._client()
         # connect_async + loop_start: paho's thread connects, and reconnects after every loss, on its own

@@ -18,7 +18,8 @@ T = TypeVar("T")
 class Runner:
     """What every sensor source's runner has: the frame callback, the stop event, a count of malformed input,
     a rate the pipeline-rate command may change, a restart request and a pacer. Subclasses set ``rate_hz``
-    from their config and say in ``restart`` what starting over means for them."""
+    from their config, and their run loop says what starting over means for them when ``_restart`` is set
+    (a file from its beginning, a live input with empty windows)."""
 
     def __init__(self, emit: Callable[[Any], None], stop: threading.Event) -> None:
         self.emit = emit

@@ -15,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from agent.config import ReplaySource
 from agent.errors import SourceError
 from agent.sources.base import Frame
+from agent.sources.pacing import Runner
 
 log = logging.getLogger(__name__)
 
@@ -63,26 +64,18 @@ def read_file(path: Path) -> Frame:
     return Frame(pixels, now, path.name, meta={"width": pixels.shape[1], "height": pixels.shape[0]})
 
 
-class ReplayRunner:
+class ReplayRunner(Runner):
     """Runs in its own thread: reads files and hands frames to ``emit`` at the configured rate."""
 
     def __init__(self, cfg: ReplaySource, emit: Callable[[Frame], None], stop: threading.Event) -> None:
+        super().__init__(emit, stop)
         self.cfg = cfg
         self.files = list_files(cfg)
-        self.emit = emit
-        self.stop = stop
-        self.bad_inputs = 0
         self.rate_hz = cfg.rate_hz  # changed at run time by the pipeline-rate command
-        self._restart = threading.Event()
         self._cache: dict[Path, Frame] = {}
         self._cache_left = int(cfg.cache_mb * 1024 * 1024)
 
-    def restart(self) -> None:
-        """Start over from the first file (the restart-pipeline command); call from any thread."""
-        self._restart.set()
-
     def run(self) -> None:
-        next_at = time.monotonic()
         while not self.stop.is_set():
             good = 0
             self._restart.clear()
@@ -91,13 +84,8 @@ class ReplayRunner:
                     return
                 if self._restart.is_set():
                     break
-                period = 1.0 / self.rate_hz if self.rate_hz > 0 else 0.0
-                if period:
-                    delay = next_at - time.monotonic()
-                    if delay > 0 and self.stop.wait(delay):
-                        return
-                    # a slow read must not make later frames burst to catch up
-                    next_at = max(next_at + period, time.monotonic())
+                if not self._pacer.wait(self.rate_hz):
+                    return
                 try:
                     frame = self._read(path)
                 except SourceError as exc:

@@ -48,10 +48,6 @@ class SyntheticRunner(Runner):
         self.image = cfg.dtype == "uint8" and len(cfg.shape) == 3 and cfg.shape[2] == 3
         self._size = math.prod(cfg.shape)
 
-    def restart(self) -> None:
-        """Start over from the first frame (and the first noise of the seed); call from any thread."""
-        self._restart.set()
-
     def run(self) -> None:
         while not self.stop.is_set():
             self._restart.clear()

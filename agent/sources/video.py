@@ -113,10 +113,6 @@ class VideoRunner(Runner):
             raise SourceError(f"{cfg.path}: the file does not say its frame rate; set rate_hz, or realtime = false")
         self.rate_hz = rate  # changed at run time by the pipeline-rate command
 
-    def restart(self) -> None:
-        """Start over from the first frame; call from any thread."""
-        self._restart.set()
-
     def run(self) -> None:
         while not self.stop.is_set():
             self._restart.clear()
@@ -202,10 +198,6 @@ class CameraRunner(Runner):
         self.device: str | int = int(device) if isinstance(device, str) and device.isdigit() else device
         self.origin = f"camera:{self.device}"
         self.frames = 0
-
-    def restart(self) -> None:
-        """Count frames from 0 again (a camera has no first frame to go back to); call from any thread."""
-        self._restart.set()
 
     def run(self) -> None:
         while not self.stop.is_set():
