@@ -115,6 +115,12 @@ SingleSource = Annotated[
 ]
 
 
+# sources read from files: their paths resolve against the config file, and opening them at start finds what a
+# config check can report (a damaged video, a non-WAV file); live inputs (camera, microphone, serial port, MQTT,
+# HTTP) depend on the moment, and wait or retry
+FILE_SOURCES = (ReplaySource, LinesSource, WavSource, VideoSource)
+
+
 class MultiSource(Section):
     type: Literal["multi"] = Field(
         description="Several inputs into one model, e.g. two cameras: each runs as a source of its own, their frames "
@@ -574,7 +580,7 @@ def _source_paths(source: Any, base: Path) -> Any:
     """A source with its file paths resolved against the config file's folder (each input of a multi source)."""
     if isinstance(source, MultiSource):
         return source.model_copy(update={"sources": [_source_paths(s, base) for s in source.sources]})
-    if isinstance(source, ReplaySource | LinesSource | WavSource | VideoSource):
+    if isinstance(source, FILE_SOURCES):
         return source.model_copy(update={"path": _resolve(source.path, base)})
     if isinstance(source, MqttInputSource):  # its own broker's files; without host it takes [mqtt]'s, resolved too
         return source.model_copy(update=_files(source, SECURITY_FILES, base))
@@ -611,7 +617,7 @@ def check_config_files(config: Config, source: Path, sources: bool = False) -> N
                 raise ConfigError(f"{where}.model.variants: model file not found: {variant}")
         for i, src in enumerate(p.inputs if sources else []):
             at = f"{where}.source.sources[{i}]" if isinstance(p.source, MultiSource) else f"{where}.source"
-            if isinstance(src, ReplaySource | LinesSource | WavSource | VideoSource) and not src.path.exists():
+            if isinstance(src, FILE_SOURCES) and not src.path.exists():
                 raise ConfigError(f"{at}.path: no such file or folder: {src.path}")
         labels = getattr(p.postprocess, "labels", None)
         if isinstance(labels, Path) and not labels.is_file():

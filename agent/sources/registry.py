@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from agent.config import ReplaySource, SingleSource
+from agent.config import FILE_SOURCES, ReplaySource, SingleSource
 from agent.errors import SourceError
 from agent.sources.audio import MicrophoneRunner, MicrophoneSource, WavRunner, WavSource
 from agent.sources.base import Frame
@@ -49,11 +49,6 @@ class FailedSource:
         """Nothing to start over: the restart-pipeline command builds the source afresh."""
 
 
-# sources read from files: opening them at start finds what a config check can report (a damaged video, a
-# non-WAV file); live inputs (camera, microphone, serial port, MQTT, HTTP) depend on the moment, and wait or retry
-FILE_SOURCES = (ReplaySource, LinesSource, WavSource, VideoSource)
-
-
 def make_source(cfg: SingleSource, emit: Callable[[Frame], None], stop: threading.Event) -> SourceRunner:
     """The source's runner; a source that cannot start gives a FailedSource (its pipeline's error, not the
     daemon's). A ConfigError (an MQTT input's CA file that cannot be loaded) still stops the start."""
@@ -70,23 +65,19 @@ def check_source(cfg: SingleSource) -> None:
         _runner(cfg, lambda _frame: None, threading.Event())
 
 
+RUNNERS: dict[type, Callable[..., SourceRunner]] = {
+    ReplaySource: ReplayRunner,
+    LinesSource: LinesRunner,
+    SerialSource: SerialRunner,
+    WavSource: WavRunner,
+    MicrophoneSource: MicrophoneRunner,
+    SyntheticSource: SyntheticRunner,
+    MqttInputSource: MqttInputRunner,
+    HttpInputSource: HttpInputRunner,
+    VideoSource: VideoRunner,
+    CameraSource: CameraRunner,
+}
+
+
 def _runner(cfg: SingleSource, emit: Callable[[Frame], None], stop: threading.Event) -> SourceRunner:
-    if isinstance(cfg, LinesSource):
-        return LinesRunner(cfg, emit, stop)
-    if isinstance(cfg, SerialSource):
-        return SerialRunner(cfg, emit, stop)
-    if isinstance(cfg, WavSource):
-        return WavRunner(cfg, emit, stop)
-    if isinstance(cfg, MicrophoneSource):
-        return MicrophoneRunner(cfg, emit, stop)
-    if isinstance(cfg, SyntheticSource):
-        return SyntheticRunner(cfg, emit, stop)
-    if isinstance(cfg, MqttInputSource):
-        return MqttInputRunner(cfg, emit, stop)
-    if isinstance(cfg, HttpInputSource):
-        return HttpInputRunner(cfg, emit, stop)
-    if isinstance(cfg, VideoSource):
-        return VideoRunner(cfg, emit, stop)
-    if isinstance(cfg, CameraSource):
-        return CameraRunner(cfg, emit, stop)
-    return ReplayRunner(cfg, emit, stop)
+    return RUNNERS[type(cfg)](cfg, emit, stop)
