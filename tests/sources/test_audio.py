@@ -15,6 +15,7 @@ from agent.errors import SourceError
 from agent.sources.audio import MicrophoneRunner, MicrophoneSource, WavRunner, WavSource
 from agent.sources.base import Frame
 from agent.sources.pcm import SampleWindower, resample
+from tests.sources.playing import play as run_source
 
 TONE_HZ = 440.0
 
@@ -45,17 +46,7 @@ def silence_tone_silence(rate: int, freq: float = TONE_HZ, amplitude: float = 0.
 
 
 def play(cfg: WavSource, stop_after: int = 0) -> tuple[list[Frame], WavRunner]:
-    frames: list[Frame] = []
-    stop = threading.Event()
-
-    def emit(frame: Frame) -> None:
-        frames.append(frame)
-        if stop_after and len(frames) >= stop_after:
-            stop.set()
-
-    runner = WavRunner(cfg, emit, stop)
-    runner.run()
-    return frames, runner
+    return run_source(WavRunner, cfg, stop_after)
 
 
 def wav_cfg(path: Path, **kw: Any) -> WavSource:

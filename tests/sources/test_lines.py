@@ -16,23 +16,12 @@ import pytest
 from agent.errors import SourceError
 from agent.sources.base import Frame
 from agent.sources.lines import LinesRunner, LinesSource, SerialRunner, SerialSource, open_port
+from tests.sources.playing import play as run_source
 
 
 def play(cfg: LinesSource, stop_after: int = 0, on_frame: Any = None) -> tuple[list[Frame], LinesRunner]:
     """Run a lines source to its end in this thread (or until ``stop_after`` frames)."""
-    frames: list[Frame] = []
-    stop = threading.Event()
-
-    def emit(frame: Frame) -> None:
-        frames.append(frame)
-        if on_frame is not None:
-            on_frame(runner, frame)
-        if stop_after and len(frames) >= stop_after:
-            stop.set()
-
-    runner = LinesRunner(cfg, emit, stop)
-    runner.run()
-    return frames, runner
+    return run_source(LinesRunner, cfg, stop_after, on_frame)
 
 
 def lines_cfg(path: Path, **kw: Any) -> LinesSource:
@@ -161,8 +150,8 @@ def test_loop_starts_over_and_restart_goes_back_to_the_first_line(tmp_path: Path
     frames, _ = play(lines_cfg(path, loop=True), stop_after=7)
     assert [f.data[0, 0] for f in frames] == [0, 1, 2, 0, 1, 2, 0]
 
-    def restart_once(runner: LinesRunner, frame: Frame) -> None:
-        if frame.meta["offset"] == 1 and not restarted:
+    def restart_once(runner: LinesRunner, frames: list[Frame]) -> None:
+        if frames[-1].meta["offset"] == 1 and not restarted:
             restarted.append(True)
             runner.restart()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import numpy as np
@@ -11,6 +10,7 @@ from pydantic import ValidationError
 
 from agent.sources.base import Frame
 from agent.sources.synthetic import SyntheticRunner, SyntheticSource
+from tests.sources.playing import play as run_source
 
 
 def cfg(**kw: Any) -> SyntheticSource:
@@ -18,19 +18,7 @@ def cfg(**kw: Any) -> SyntheticSource:
 
 
 def play(source: SyntheticSource, stop_after: int = 0, on_frame: Any = None) -> list[Frame]:
-    frames: list[Frame] = []
-    stop = threading.Event()
-
-    def emit(frame: Frame) -> None:
-        frames.append(frame)
-        if on_frame is not None:
-            on_frame(runner, frames)
-        if stop_after and len(frames) >= stop_after:
-            stop.set()
-
-    runner = SyntheticRunner(source, emit, stop)
-    runner.run()
-    return frames
+    return run_source(SyntheticRunner, source, stop_after, on_frame)[0]
 
 
 def test_count_shape_and_dtype() -> None:

@@ -17,6 +17,7 @@ from agent.errors import SourceError
 from agent.sources import video
 from agent.sources.base import Frame
 from agent.sources.video import CameraRunner, CameraSource, VideoRunner, VideoSource
+from tests.sources.playing import play as run_source
 
 try:
     cv2: Any = importlib.import_module("cv2")
@@ -60,17 +61,7 @@ def corrupt_frames(path: Path, frames: list[int]) -> None:
 
 
 def play(cfg: VideoSource, stop_after: int = 0) -> tuple[list[Frame], VideoRunner]:
-    frames: list[Frame] = []
-    stop = threading.Event()
-
-    def emit(frame: Frame) -> None:
-        frames.append(frame)
-        if stop_after and len(frames) >= stop_after:
-            stop.set()
-
-    runner = VideoRunner(cfg, emit, stop)
-    runner.run()
-    return frames, runner
+    return run_source(VideoRunner, cfg, stop_after)
 
 
 def video_cfg(path: Path, **kw: Any) -> VideoSource:
