@@ -12,6 +12,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from accelerators.errors import InputError
 from accelerators.host import Host
 
 
@@ -200,22 +201,24 @@ class Backend(Protocol):
 
 
 def check_inputs(specs: tuple[TensorSpec, ...], inputs: Mapping[str, np.ndarray]) -> None:
-    """Validate names, ranks, static dimensions and dtypes before handing tensors to a runtime."""
-    from accelerators.errors import InferenceError
+    """Validate names, ranks, static dimensions and dtypes before handing tensors to a runtime (InputError).
 
-    missing = [s.name for s in specs if s.name not in inputs]
-    if missing:
-        raise InferenceError(f"missing model input(s): {', '.join(missing)}")
+    Runs before every inference, so the common case (every input present, its shape equal to a static
+    spec, the dtype the spec names) costs a few comparisons: a fraction of a microsecond per input.
+    """
     for spec in specs:
-        arr = inputs[spec.name]
-        if arr.ndim != len(spec.shape) or any(
-            want is not None and want != got for want, got in zip(spec.shape, arr.shape, strict=True)
+        arr = inputs.get(spec.name)
+        if arr is None:
+            missing = [s.name for s in specs if s.name not in inputs]
+            raise InputError(f"missing model input(s): {', '.join(missing)}")
+        shape = arr.shape
+        if shape != spec.shape and (
+            len(shape) != len(spec.shape)
+            or any(want is not None and want != got for want, got in zip(spec.shape, shape, strict=True))
         ):
-            raise InferenceError(
-                f"input {spec.name!r} has shape {tuple(arr.shape)}, model expects {format_shape(spec.shape)}"
-            )
-        if arr.dtype != np.dtype(spec.dtype):
-            raise InferenceError(f"input {spec.name!r} has dtype {arr.dtype}, model expects {spec.dtype}")
+            raise InputError(f"input {spec.name!r} has shape {tuple(shape)}, model expects {format_shape(spec.shape)}")
+        if arr.dtype != spec.dtype:  # numpy compares a dtype with its name (dtype.name itself takes microseconds)
+            raise InputError(f"input {spec.name!r} has dtype {arr.dtype}, model expects {spec.dtype}")
 
 
 def format_shape(shape: tuple[int | None, ...]) -> str:

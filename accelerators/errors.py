@@ -17,3 +17,8 @@ class ModelLoadError(AcceleratorError):
 
 class InferenceError(AcceleratorError):
     """A loaded model failed while running, or was given inputs it cannot take."""
+
+
+class InputError(InferenceError):
+    """The inputs given do not fit the model (a missing tensor, a wrong shape or dtype): the caller's
+    mistake, never the accelerator's."""

@@ -1,5 +1,5 @@
 """``edge-agent bench``: the planned placement and every single-accelerator placement, measured in one run
-(in interleaved rounds: ``agent.runtime.rounds``)."""
+(in rotating rounds of time blocks: ``agent.runtime.rounds``)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,9 @@ from agent.models.ir import ModelProfile
 from agent.placement import Candidates, open_plan
 from agent.planner.measured import model_inputs
 from agent.planner.plan import Plan
-from agent.runtime.executor import PlanExecutor
+from agent.runtime.executor import PlanExecutor, segment_shares
 from agent.runtime.pipelined import PipelinedExecutor
 from agent.runtime.rounds import Timing, measure
-from agent.runtime.verify import ROUND_RUNS
 
 __all__ = ["Timing", "bench", "format_bench", "measure"]
 
@@ -32,8 +31,10 @@ def bench(
     work_dir: Path,
     runs: int = 50,
     threads: int = 1,
+    rounds: int = 5,
 ) -> dict[str, object]:
-    """Measure the plan and each accelerator that can run the whole model; predicted next to measured."""
+    """Measure the plan and each accelerator that can run the whole model (``runs`` timed runs each at
+    least, in ``rounds`` turns); predicted next to measured."""
     inputs = model_inputs(profile.inputs)  # the inputs the layers were timed on
     sessions: dict[str, Session] = {}
     executor = open_plan(model, plan, profile, found.backends, work_dir, threads, exclusive=True)
@@ -52,9 +53,11 @@ def bench(
                 continue
             sessions[name] = session
             runners[name] = lambda s=session: s.run(inputs)  # type: ignore[misc]
-        # short turns (ROUND_RUNS runs of each per round): a burst of load on a shared device hits all alike
-        timings = measure(runners, runs, rounds=max(3, runs // ROUND_RUNS))
+        # turns of a quarter second, rotating: a burst of load on a shared device hits every placement alike
+        timings = measure(runners, runs, rounds=rounds)
         pipelined = _pipelined_interval(executor, inputs, runs) if plan.objective == "throughput" else None
+        stats = executor.stats()
+        shares = segment_shares(stats, timings["plan"].median_ms)
         segments = [
             {
                 "accelerator": st.accelerator,
@@ -62,9 +65,9 @@ def bench(
                 "stop": st.stop,
                 "predicted_ms": st.predicted_ms,
                 "estimated_ms": seg.estimated_ms,  # the cost model's, where the prediction was calibrated
-                "measured_ms": st.median_ms,
+                "measured_ms": ms,  # its share of the plan's median (agent.runtime.executor.segment_shares)
             }
-            for st, seg in zip(executor.stats(), plan.segments, strict=True)
+            for st, seg, ms in zip(stats, plan.segments, shares, strict=True)
         ]
     except AcceleratorError as exc:
         raise ModelError(f"{model}: {exc}") from exc

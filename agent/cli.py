@@ -161,11 +161,15 @@ def _build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "bench",
         help="measure the planned placement against every single-accelerator placement",
-        description="Plan MODEL, then measure in one run (interleaved rounds) the plan and each accelerator that "
+        description="Plan MODEL, then measure in one run (rotating rounds, each placement alone for a quarter second a "
+        "turn) the plan and each accelerator that "
         "can run the whole model on its own: median and spread, predicted next to measured, per segment too.",
     )
     _placement_args(bench)
-    bench.add_argument("--runs", type=int, default=50, metavar="N", help="timed runs per placement (default: 50)")
+    bench.add_argument(
+        "--runs", type=int, default=50, metavar="N", help="timed runs per placement, at least (default: 50)"
+    )
+    bench.add_argument("--rounds", type=int, default=5, metavar="N", help="turns of each placement (default: 5)")
     return parser
 
 
@@ -390,8 +394,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.runs < 5:
         raise AgentError("--runs must be at least 5")
+    if args.rounds < 1:
+        raise AgentError("--rounds must be at least 1")
     plan, profile, found, state_dir = _plan(args, use_cache=True)
-    result = bench(args.model, plan, profile, found, state_dir / "segments", runs=args.runs)
+    result = bench(args.model, plan, profile, found, state_dir / "segments", runs=args.runs, rounds=args.rounds)
     print(json.dumps(result, indent=2) if args.json else format_bench(result))
     return 0
 

@@ -7,13 +7,14 @@ there is one: ``agent.placement.plan_variants``, which measures every file's pla
 rounds before adopting one); then measure, in interleaved rounds, the plan, each single engine on the
 whole model (onnxruntime CPU, OpenVINO CPU, LiteRT XNNPACK) and an out-of-the-box onnxruntime session
 (default options: all cores, spinning threads). Each single engine runs as the daemon would run it
-alone: --threads threads (default: every core), BackendOptions.exclusive. Rounds are short (a few runs
-of each placement, rotating, each turn after an untimed settle run) so a burst of load on a shared
-machine slows every placement alike; medians with p10/p90 are reported. Reports plan / best single,
+alone: --threads threads (default: every core), BackendOptions.exclusive. Each placement is timed alone
+in turns of a quarter second (after 50 ms of untimed runs, while the previous placement's threads go
+idle), the placements rotating, --rounds times (``agent.runtime.rounds``), so a burst of load on a
+shared machine slows every placement alike; medians with p10/p90 are reported. Reports plan / best single,
 plan / worst single, out-of-the-box / plan, and predicted vs measured per segment (calibrated, and the
 cost model's own estimate before calibration).
 
-    .venv/bin/python scripts/bench_placement.py [--zoo .cache/zoo] [--only NAME ...] [--runs 100] [--json]
+    .venv/bin/python scripts/bench_placement.py [--zoo .cache/zoo] [--only NAME ...] [--rounds 5] [--runs 30] [--json]
 """
 
 from __future__ import annotations
@@ -39,13 +40,13 @@ from agent.doctor import examine  # noqa: E402
 from agent.models.profile import profile_model  # noqa: E402
 from agent.placement import candidates, open_plan, plan_variants  # noqa: E402
 from agent.planner.measured import model_inputs  # noqa: E402
+from agent.runtime.executor import segment_shares  # noqa: E402
 from agent.runtime.rounds import measure  # noqa: E402
 
 ENGINES = ("onnxruntime-cpu", "openvino-cpu", "litert-cpu")
-ROUND_RUNS = 4  # timed runs of each placement per round
 
 
-def bench_entry(entry: dict[str, Any], zoo: Path, state: Path, runs: int, threads: int) -> dict[str, Any]:
+def bench_entry(entry: dict[str, Any], zoo: Path, state: Path, runs: int, rounds: int, threads: int) -> dict[str, Any]:
     variants = [zoo / entry["onnx"]] + ([zoo / entry["tflite"]] if entry.get("tflite") else [])
     # as the daemon plans a model given in several files: per-layer timing of each file on each engine,
     # then every file's placements measured in the same rounds before one is adopted
@@ -72,12 +73,13 @@ def bench_entry(entry: dict[str, Any], zoo: Path, state: Path, runs: int, thread
     default = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     runners["onnxruntime-default"] = lambda: default.run(None, onnx_inputs)
     try:
-        # each turn starts with an untimed settle run, which absorbs the previous runner's spinning threads
-        timings = measure(runners, runs, rounds=max(3, runs // ROUND_RUNS))
+        timings = measure(runners, runs, rounds=rounds)
+        stats = executor.stats()
+        shares = segment_shares(stats, timings["plan"].median_ms)  # over every timed run, not the last turn's
         segments = [
             {"accelerator": s.accelerator, "layers": f"{s.start}-{s.stop - 1}", "predicted_ms": s.predicted_ms,
-             "estimated_ms": seg.estimated_ms, "measured_ms": s.median_ms}
-            for s, seg in zip(executor.stats(), plan.segments, strict=True)
+             "estimated_ms": seg.estimated_ms, "measured_ms": ms}
+            for s, seg, ms in zip(stats, plan.segments, shares, strict=True)
         ]  # fmt: skip
     finally:
         for close in closers:
@@ -112,7 +114,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", type=Path, default=ROOT / ".cache" / "zoo", help="zoo folder (built if missing)")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="only these zoo models")
-    parser.add_argument("--runs", type=int, default=100, help="timed runs per placement (default: 100)")
+    parser.add_argument("--runs", type=int, default=30, help="timed runs per placement, at least (default: 30)")
+    parser.add_argument("--rounds", type=int, default=5, help="turns of each placement (default: 5)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument(
         "--threads", type=int, default=os.cpu_count() or 1, help="CPU threads per session (default: every core)"
@@ -126,7 +129,7 @@ def main() -> int:
         state = Path(tmp)
         examine((), state / "calibration", measure=True, only=ENGINES, budget_s=0.2, threads=args.threads)
         for entry in entries:
-            rows.append(bench_entry(entry, args.zoo, state, args.runs, args.threads))
+            rows.append(bench_entry(entry, args.zoo, state, args.runs, args.rounds, args.threads))
             if not args.json:
                 _print_row(rows[-1], first=len(rows) == 1)
     if args.json:

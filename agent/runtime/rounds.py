@@ -1,16 +1,29 @@
-"""Timing several ways of running a model fairly on a busy device: interleaved, rotating rounds.
+"""Timing several ways of running a model fairly on a busy device: rotating rounds of time blocks.
 
-Runners are measured in interleaved rounds (a few runs of each, round after round, in a rotating
-order) so that a busy, shared machine slows all of them alike instead of whichever happened to run
-during a burst.
+Each runner is measured alone for a block of time (BLOCK_MS, after SETTLE_MS of untimed runs), the
+runners taking turns in a rotating order, round after round: a burst of load on a shared machine then
+slows every runner alike instead of whichever happened to run during it, and no runner is timed while
+another's threads are still busy.
+
+Why blocks and not a few runs per turn: every CPU runtime keeps a thread pool whose workers spin-wait
+after a run (onnxruntime, XNNPACK's pthreadpool, OpenVINO's TBB arena), so a runner timed right after
+another shares the cores with the previous runner's spinning threads. Measured on 2 cores, hand landmark
+model, median (p10-p90) ms: OpenVINO 4.04 (2.62-4.95) and LiteRT 4.46 (2.51-6.06) in turns of four runs
+each, against 2.55 (2.47-2.99) and 2.41 (2.36-2.89) in 300 ms blocks after 20 ms of settling, and 2.59
+and 2.44 timed alone; turns of 50 ms were still off by up to 2x. The daemon runs a plan alone, so a
+runner alone is what is measured.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+
+SETTLE_MS = 50.0  # untimed runs at the start of each turn, while the previous runner's threads go idle
+BLOCK_MS = 250.0  # timed runs of each turn: at least this long
 
 
 @dataclass(frozen=True)
@@ -25,32 +38,47 @@ class Timing:
 
 
 def measure(
-    runners: Mapping[str, Callable[[], object]], runs: int, rounds: int = 5, settle: int = 1
+    runners: Mapping[str, Callable[[], object]],
+    runs: int = 0,
+    rounds: int = 3,
+    block_ms: float = BLOCK_MS,
+    settle_ms: float = SETTLE_MS,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, Timing]:
-    """Median and spread per runner, from ``runs`` runs each spread over ``rounds`` interleaved rounds.
+    """Median and spread per runner, over ``rounds`` rotating rounds of one turn each.
 
-    Each runner's turn in a round starts with ``settle`` untimed runs: a runtime whose threads spin-wait
-    after a run (onnxruntime with an exclusive session) keeps the cores busy for a while after its turn,
-    and the next runner's first run pays for it (measured: a 1.7 ms TFLite model timed at 2.8 ms right
-    after a spinning session).
+    A turn is untimed runs for ``settle_ms`` (one at least), then timed runs for ``block_ms`` and at
+    least ``runs / rounds`` of them, so every runner gets ``runs`` timed runs at least. ``clock`` gives
+    seconds (a parameter for tests).
     """
     for run in runners.values():  # warm-up: first runs allocate and fuse
         run()
         run()
     samples: dict[str, list[float]] = {name: [] for name in runners}
-    per_round = max(1, runs // rounds)
+    per_turn = max(1, math.ceil(runs / max(rounds, 1)))
     order = list(runners.items())
-    for r in range(rounds):
+    for r in range(max(rounds, 1)):
         # rotate, so no runner always follows the same neighbour
         for name, run in order[r % len(order) :] + order[: r % len(order)]:
-            for _ in range(settle):
+            started = clock()
+            run()
+            while (clock() - started) * 1e3 < settle_ms:
                 run()
-            for _ in range(per_round):
-                start = time.perf_counter()
+            timed = samples[name]
+            started, count = clock(), 0
+            while count < per_turn or (clock() - started) * 1e3 < block_ms:
+                before = clock()
                 run()
-                samples[name].append((time.perf_counter() - start) * 1e3)
-    result = {}
-    for name, values in samples.items():
-        deciles = statistics.quantiles(values, n=10) if len(values) > 1 else [values[0]] * 9
-        result[name] = Timing(statistics.median(values), deciles[0], deciles[-1], len(values))
-    return result
+                timed.append((clock() - before) * 1e3)
+                count += 1
+    return {name: _timing(values) for name, values in samples.items()}
+
+
+def rounds_within(budget_ms: float, runners: int, minimum: int = 3) -> int:
+    """How many rounds of ``runners`` turns (SETTLE_MS + BLOCK_MS each) fit ``budget_ms``; ``minimum`` at least."""
+    return max(minimum, int(budget_ms // (max(runners, 1) * (SETTLE_MS + BLOCK_MS))))
+
+
+def _timing(values: list[float]) -> Timing:
+    deciles = statistics.quantiles(values, n=10) if len(values) > 1 else [values[0]] * 9
+    return Timing(statistics.median(values), deciles[0], deciles[-1], len(values))

@@ -6,9 +6,10 @@ segment is a session of its own, with its own input and output copies, layout re
 and fusions its cut breaks (measured on a text detector: an OpenVINO segment predicted at 1.4 ms ran
 11 ms). And two engines a few percent apart in sequential timing swap places on a busy device. So
 before a latency plan is adopted, it runs: the plan and every accelerator that can run the whole model
-alone, a few runs each, round after round (``agent.runtime.rounds``), within a time budget. The plan is
-kept only where it is measured fastest (a split: by ``SPLIT_MARGIN``); else the fastest whole-model
-placement replaces it, and the plan says so in its reasons. What was measured is kept in ``Plan.verified``.
+alone, each in turns of a quarter second, round after round (``agent.runtime.rounds``), within a time
+budget. The plan is kept only where it is measured fastest (a split: by ``SPLIT_MARGIN``); else the
+fastest whole-model placement replaces it, and the plan says so in its reasons. What was measured is
+kept in ``Plan.verified``.
 
 A model offered in several files (variants: the ONNX file and the TFLite original, say) is verified
 across all of them at once (``verify_variants``): each variant's placements are measured in the same
@@ -39,15 +40,15 @@ from agent.models.ir import ModelProfile
 from agent.planner.measured import model_inputs
 from agent.planner.plan import Plan
 from agent.planner.search import make_plan
-from agent.runtime.executor import PlanExecutor
-from agent.runtime.rounds import measure
+from agent.runtime.executor import PlanExecutor, segment_shares
+from agent.runtime.rounds import measure, rounds_within
 
 log = logging.getLogger(__name__)
 
 SPLIT = "split"  # Plan.verified's key for the plan's own (multi-accelerator) placement
-BUDGET_MS = 5000.0  # time spent measuring, all placements together
-MIN_RUNS, MAX_RUNS = 12, 160  # runs per placement: a few seconds, so a short burst of load cannot decide
-ROUND_RUNS = 4  # runs per placement per round: short turns, so a burst of load hits every placement alike
+BUDGET_MS = 5000.0  # time spent measuring, all placements together: a few seconds, so a burst of load cannot decide
+MIN_ROUNDS = 3  # turns of each placement, at least (each turn: rounds.SETTLE_MS + rounds.BLOCK_MS)
+MIN_RUNS = 12  # timed runs per placement, at least (a slow model's turns last longer than a block)
 # A split is kept only where it beats every whole-model placement by this much: it loads more sessions,
 # pays copies at its cuts, and a few percent between medians is within what a shared device's load
 # moves from one measurement to the next (measured: a 3-segment OCR split 4% ahead at plan time ran 23%
@@ -168,14 +169,13 @@ def _measure(variants: Sequence[Variant], keyed: Mapping[str, tuple[int, Plan]],
         if len(executors) < 2:
             return {}
         inputs: dict[int, dict[str, np.ndarray]] = {i: model_inputs(v.profile.inputs) for i, v in enumerate(variants)}
-        total = sum(keyed[key][1].predicted_ms for key in executors)
-        runs = int(min(MAX_RUNS, max(MIN_RUNS, budget_ms / max(total, 1e-3))))
         runners: dict[str, Callable[[], object]] = {
             key: partial(e.run, inputs[keyed[key][0]]) for key, e in executors.items()
         }
-        timings = measure(runners, runs, rounds=max(3, runs // ROUND_RUNS))
+        timings = measure(runners, MIN_RUNS, rounds=rounds_within(budget_ms, len(runners), MIN_ROUNDS))
         return {
-            key: _Trial(timings[key].median_ms, tuple(s.median_ms for s in executors[key].stats())) for key in executors
+            key: _Trial(timings[key].median_ms, segment_shares(executors[key].stats(), timings[key].median_ms))
+            for key in executors
         }
     except AcceleratorError as exc:
         names = ", ".join(sorted({Path(v.plan.model_path).name for v in variants}))

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from accelerators.base import Backend, Session
-from accelerators.errors import InferenceError
+from accelerators.errors import InferenceError, InputError
 from accelerators.null import NullConfig
 from accelerators.registry import discover
 from agent.errors import ModelError
 from agent.models.ir import ModelProfile
 from agent.planner.plan import Plan
-from agent.runtime.executor import AcceleratorFailed, PlanExecutor
+from agent.runtime.executor import AcceleratorFailed, PlanExecutor, SegmentStats, segment_shares
 from agent.runtime.failover import FailoverExecutor
 from agent.runtime.pipelined import Completed, PipelinedExecutor
 from agent.runtime.queues import Closed
@@ -118,12 +118,27 @@ def test_live_tensors_are_dropped_once_no_later_segment_reads_them(
     executor.close()
 
 
-def test_bad_inputs_are_the_callers_error_not_the_accelerators(model: Model, backends: dict[str, Backend]) -> None:
-    executor = PlanExecutor(*model.split([30], MIXED), backends)
-    with pytest.raises(InferenceError, match="shape") as raised:
-        executor.run({"input": np.zeros((1, 3, 100, 100), np.float32)})
-    assert not isinstance(raised.value, AcceleratorFailed)
+@pytest.mark.parametrize(
+    ("cuts", "accelerators"),
+    [([30], MIXED), ([], [ORT]), ([], [OV])],  # a one-segment plan leaves the check to its session
+    ids=["split", "whole-ort", "whole-ov"],
+)
+def test_bad_inputs_are_the_callers_error_not_the_accelerators(
+    model: Model, backends: dict[str, Backend], cuts: list[int], accelerators: list[str]
+) -> None:
+    executor = PlanExecutor(*model.split(cuts, accelerators), backends)
+    good = model.frames(1)[0]
+    bad = [
+        ({"input": np.zeros((1, 3, 100, 100), np.float32)}, "shape"),
+        ({"input": good["input"].astype(np.float64)}, "dtype"),
+        ({"image": good["input"]}, "missing model input"),
+    ]
+    for frame, what in bad:
+        with pytest.raises(InputError, match=what) as raised:
+            executor.run(frame)
+        assert not isinstance(raised.value, AcceleratorFailed)
     assert all(s.failures == 0 for s in executor.stats())
+    assert_same(executor.run(good), model.reference(good))  # and the next good frame runs
     executor.close()
 
 
@@ -237,3 +252,15 @@ def test_pipelined_close_with_frames_in_flight_returns(
     with pytest.raises(Closed):
         pipe.submit(99, frames[0])
     pipe.close()  # idempotent
+
+
+def _stats(median_ms: float | None) -> SegmentStats:
+    return SegmentStats("x", 0, 1, 1.0, runs=1, failures=0, last_ms=median_ms, ewma_ms=median_ms, median_ms=median_ms)
+
+
+def test_segments_get_their_shares_of_the_whole_runs_median() -> None:
+    # the segments' own medians cover only their last runs: the plan's median over every timed run is split
+    # between them in proportion
+    assert segment_shares([_stats(1.0), _stats(3.0)], 8.0) == pytest.approx((2.0, 6.0))
+    assert segment_shares([_stats(0.97)], 0.73) == pytest.approx((0.73,))
+    assert segment_shares([_stats(1.0), _stats(None)], 8.0) == (1.0, None)  # nothing to share by
