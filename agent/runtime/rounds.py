@@ -74,11 +74,6 @@ def measure(
     return {name: _timing(values) for name, values in samples.items()}
 
 
-def rounds_within(budget_ms: float, runners: int, minimum: int = 3) -> int:
-    """How many rounds of ``runners`` turns (SETTLE_MS + BLOCK_MS each) fit ``budget_ms``; ``minimum`` at least."""
-    return max(minimum, int(budget_ms // (max(runners, 1) * (SETTLE_MS + BLOCK_MS))))
-
-
 def _timing(values: list[float]) -> Timing:
     deciles = statistics.quantiles(values, n=10) if len(values) > 1 else [values[0]] * 9
     return Timing(statistics.median(values), deciles[0], deciles[-1], len(values))

@@ -6,10 +6,10 @@ segment is a session of its own, with its own input and output copies, layout re
 and fusions its cut breaks (measured on a text detector: an OpenVINO segment predicted at 1.4 ms ran
 11 ms). And two engines a few percent apart in sequential timing swap places on a busy device. So
 before a latency plan is adopted, it runs: the plan and every accelerator that can run the whole model
-alone, each in turns of a quarter second, round after round (``agent.runtime.rounds``), within a time
-budget. The plan is kept only where it is measured fastest (a split: by ``SPLIT_MARGIN``); else the
-fastest whole-model placement replaces it, and the plan says so in its reasons. What was measured is
-kept in ``Plan.verified``.
+alone, each in turns of a quarter second, for three rounds (``agent.runtime.rounds``). The plan is
+kept only where it is measured fastest (a split: by ``SPLIT_MARGIN``); else the fastest whole-model
+placement replaces it, and the plan says so in its reasons. What was measured is kept in
+``Plan.verified``.
 
 A model offered in several files (variants: the ONNX file and the TFLite original, say) is verified
 across all of them at once (``verify_variants``): each variant's placements are measured in the same
@@ -41,13 +41,14 @@ from agent.planner.measured import model_inputs
 from agent.planner.plan import Plan
 from agent.planner.search import make_plan
 from agent.runtime.executor import PlanExecutor, segment_shares
-from agent.runtime.rounds import measure, rounds_within
+from agent.runtime.rounds import measure
 
 log = logging.getLogger(__name__)
 
 SPLIT = "split"  # Plan.verified's key for the plan's own (multi-accelerator) placement
-BUDGET_MS = 5000.0  # time spent measuring, all placements together: a few seconds, so a burst of load cannot decide
-MIN_ROUNDS = 3  # turns of each placement, at least (each turn: rounds.SETTLE_MS + rounds.BLOCK_MS)
+# Turns of each placement (each: rounds.SETTLE_MS untimed, then rounds.BLOCK_MS timed): about a second
+# per placement, so a burst of load cannot decide, and a model's first start waits a few seconds at most.
+ROUNDS = 3
 MIN_RUNS = 12  # timed runs per placement, at least (a slow model's turns last longer than a block)
 # A split is kept only where it beats every whole-model placement by this much: it loads more sessions,
 # pays copies at its cuts, and a few percent between medians is within what a shared device's load
@@ -82,17 +83,17 @@ def verify_plan(
     capabilities: Mapping[str, Capabilities],
     measured: Measured,
     open_executor: ExecutorFactory,
-    budget_ms: float = BUDGET_MS,
+    rounds: int = ROUNDS,
 ) -> Plan:
     """``plan``, or the whole-model placement measured faster than it; with the figures in ``verified``.
 
     ``open_executor(plan)`` loads a plan (raising AcceleratorError where it cannot). Only latency plans
     are verified: a throughput plan's stages overlap, which one-at-a-time runs do not show.
     """
-    return verify_variants([Variant(plan, profile, capabilities, measured, open_executor)], budget_ms)[0]
+    return verify_variants([Variant(plan, profile, capabilities, measured, open_executor)], rounds)[0]
 
 
-def verify_variants(variants: Sequence[Variant], budget_ms: float = BUDGET_MS) -> list[Plan]:
+def verify_variants(variants: Sequence[Variant], rounds: int = ROUNDS) -> list[Plan]:
     """Per variant, its plan or the whole-model placement measured faster, all measured in the same rounds.
 
     Every returned plan carries every figure measured (``verified``: keys are accelerators, ``split`` for
@@ -107,7 +108,7 @@ def verify_variants(variants: Sequence[Variant], budget_ms: float = BUDGET_MS) -
             keyed[key] = (index, candidate)
     if len(keyed) < 2 or any(v.plan.objective != "latency" for v in variants):
         return [v.plan for v in variants]
-    trials = _measure(variants, keyed, budget_ms)
+    trials = _measure(variants, keyed, rounds)
     if len(trials) < 2:
         return [v.plan for v in variants]
     verified = {key: t.median_ms for key, t in trials.items()}
@@ -157,7 +158,7 @@ def _contenders(variant: Variant) -> dict[str, Plan]:
     return contenders
 
 
-def _measure(variants: Sequence[Variant], keyed: Mapping[str, tuple[int, Plan]], budget_ms: float) -> dict[str, _Trial]:
+def _measure(variants: Sequence[Variant], keyed: Mapping[str, tuple[int, Plan]], rounds: int) -> dict[str, _Trial]:
     """Each placement that loads, measured in interleaved rounds: {} where fewer than two load."""
     executors: dict[str, PlanExecutor] = {}
     try:
@@ -172,7 +173,7 @@ def _measure(variants: Sequence[Variant], keyed: Mapping[str, tuple[int, Plan]],
         runners: dict[str, Callable[[], object]] = {
             key: partial(e.run, inputs[keyed[key][0]]) for key, e in executors.items()
         }
-        timings = measure(runners, MIN_RUNS, rounds=rounds_within(budget_ms, len(runners), MIN_ROUNDS))
+        timings = measure(runners, MIN_RUNS, rounds=rounds)
         return {
             key: _Trial(timings[key].median_ms, segment_shares(executors[key].stats(), timings[key].median_ms))
             for key in executors
