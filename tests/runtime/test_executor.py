@@ -15,8 +15,15 @@ from accelerators.null import NullConfig
 from accelerators.registry import discover
 from agent.errors import ModelError
 from agent.models.ir import ModelProfile
-from agent.planner.plan import Plan
-from agent.runtime.executor import AcceleratorFailed, PlanExecutor, SegmentStats, segment_shares
+from agent.planner.plan import Plan, Segment
+from agent.runtime.executor import (
+    TIMING_WINDOW,
+    AcceleratorFailed,
+    PlanExecutor,
+    SegmentStats,
+    _Timing,
+    segment_shares,
+)
 from agent.runtime.failover import FailoverExecutor
 from agent.runtime.pipelined import Completed, PipelinedExecutor
 from agent.runtime.queues import Closed
@@ -264,3 +271,16 @@ def test_segments_get_their_shares_of_the_whole_runs_median() -> None:
     assert segment_shares([_stats(1.0), _stats(3.0)], 8.0) == pytest.approx((2.0, 6.0))
     assert segment_shares([_stats(0.97)], 0.73) == pytest.approx((0.73,))
     assert segment_shares([_stats(1.0), _stats(None)], 8.0) == (1.0, None)  # nothing to share by
+
+
+def test_segment_timings_count_and_summarise_the_recent_runs() -> None:
+    timing = _Timing(Segment(accelerator="x", start=0, stop=1, predicted_ms=1.0))
+    assert timing.stats().median_ms is None and timing.stats().ewma_ms is None
+    for ms in [1.0] * 50 + [3.0] * 50:  # a step: the moving average follows it within a few tens of runs
+        timing.record(ms)
+    stats = timing.stats()
+    assert stats.runs == 100 and stats.last_ms == 3.0 and stats.median_ms == 2.0
+    assert 2.9 < stats.ewma_ms < 3.0  # type: ignore[operator]
+    for _ in range(TIMING_WINDOW):
+        timing.record(5.0)
+    assert timing.stats().median_ms == 5.0 and timing.stats().runs == 100 + TIMING_WINDOW  # a window, a count
