@@ -82,8 +82,7 @@ class WavRunner(Runner):
         samples = self._load()
         starts = range(0, len(samples) - self.cfg.window + 1, self.hop)
         while not self.stop.is_set():
-            self._restart.clear()
-            self._pacer.reset()
+            self._begin_pass()
             for start in starts:
                 if self._restart.is_set() or not self._pacer.wait(self.rate_hz):
                     break

@@ -86,8 +86,7 @@ class LinesRunner(Runner):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            self._restart.clear()
-            self._pacer.reset()
+            self._begin_pass()
             state = _Windows(self.cfg)
             emitted = 0
             splitter = LineSplitter()

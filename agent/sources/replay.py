@@ -78,7 +78,7 @@ class ReplayRunner(Runner):
     def run(self) -> None:
         while not self.stop.is_set():
             good = 0
-            self._restart.clear()
+            self._begin_pass()
             for path in self.files:
                 if self.stop.is_set():
                     return

@@ -50,8 +50,7 @@ class SyntheticRunner(Runner):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            self._restart.clear()
-            self._pacer.reset()
+            self._begin_pass()
             rng = np.random.default_rng(self.cfg.seed)
             index = 0
             while not self.cfg.count or index < self.cfg.count:

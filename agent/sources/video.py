@@ -115,8 +115,7 @@ class VideoRunner(Runner):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            self._restart.clear()
-            self._pacer.reset()
+            self._begin_pass()
             cap = self._open()
             try:
                 emitted = self._play(cap)

@@ -168,6 +168,16 @@ def test_loop_and_restart_start_from_the_beginning(tmp_path: Path) -> None:
     assert seen == [0.0, 0.1, 0.0, 0.1, 0.2]
 
 
+def test_a_looping_replay_keeps_its_pace_across_the_start_over(tmp_path: Path) -> None:
+    # 50-sample hops at 1000 Hz: 20 windows a second, two a pass. Six windows over three passes are five
+    # periods apart from first to last; a pass that started the schedule afresh would send its first window
+    # at once, two periods less in all. (Load only delays frames past their schedule: a floor noise cannot undercut.)
+    path = write_wav(tmp_path / "short.wav", np.linspace(0, 0.5, 100), 1000)
+    frames, _ = play(WavSource(type="wav", path=path, window=50, realtime=True, loop=True), stop_after=6)
+    assert [f.meta["offset_s"] for f in frames] == [0.0, 0.05] * 3
+    assert frames[-1].ts - frames[0].ts >= 5 * 0.05 * 0.95
+
+
 def test_truncated_data_plays_what_is_there_and_counts_once(tmp_path: Path) -> None:
     path = write_wav(tmp_path / "cut.wav", silence_tone_silence(8000), 8000)
     data = path.read_bytes()
