@@ -32,9 +32,21 @@ class Timing:
     p10_ms: float
     p90_ms: float
     runs: int
+    turns_ms: tuple[float, ...] = ()  # the median of each turn, round by round
 
     def to_json(self) -> dict[str, float | int]:
         return {"median_ms": self.median_ms, "p10_ms": self.p10_ms, "p90_ms": self.p90_ms, "runs": self.runs}
+
+
+def paired_ratio(a: Timing, b: Timing) -> float:
+    """The median over rounds of a's turn median over b's in the same round.
+
+    Load on a shared machine drifts over seconds, longer than a round; two runners' turns in one round
+    see nearly the same load, so their ratio round by round cancels the drift that pooled medians keep
+    (where a burst covers three rounds of ten, it weighs on whoever had more turns in it).
+    """
+    ratios = [x / y for x, y in zip(a.turns_ms, b.turns_ms, strict=True) if y > 0]
+    return statistics.median(ratios) if ratios else a.median_ms / b.median_ms
 
 
 def measure(
@@ -55,6 +67,7 @@ def measure(
         run()
         run()
     samples: dict[str, list[float]] = {name: [] for name in runners}
+    turns: dict[str, list[float]] = {name: [] for name in runners}
     per_turn = max(1, math.ceil(runs / max(rounds, 1)))
     order = list(runners.items())
     for r in range(max(rounds, 1)):
@@ -64,16 +77,17 @@ def measure(
             run()
             while (clock() - started) * 1e3 < settle_ms:
                 run()
-            timed = samples[name]
-            started, count = clock(), 0
-            while count < per_turn or (clock() - started) * 1e3 < block_ms:
+            timed: list[float] = []
+            started = clock()
+            while len(timed) < per_turn or (clock() - started) * 1e3 < block_ms:
                 before = clock()
                 run()
                 timed.append((clock() - before) * 1e3)
-                count += 1
-    return {name: _timing(values) for name, values in samples.items()}
+            samples[name] += timed
+            turns[name].append(statistics.median(timed))
+    return {name: _timing(values, turns[name]) for name, values in samples.items()}
 
 
-def _timing(values: list[float]) -> Timing:
+def _timing(values: list[float], turns: list[float]) -> Timing:
     deciles = statistics.quantiles(values, n=10) if len(values) > 1 else [values[0]] * 9
-    return Timing(statistics.median(values), deciles[0], deciles[-1], len(values))
+    return Timing(statistics.median(values), deciles[0], deciles[-1], len(values), tuple(turns))

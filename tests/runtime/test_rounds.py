@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from agent.runtime.rounds import BLOCK_MS, SETTLE_MS, measure
+from agent.runtime.rounds import BLOCK_MS, SETTLE_MS, Timing, measure, paired_ratio
 
 
 class Device:
@@ -72,3 +72,29 @@ def test_the_order_rotates_round_after_round() -> None:
     measure(runners, rounds=4, clock=device.clock)
     turns = _turns(device.log)
     assert turns[:1] == ["a"] and turns[-12:] == list("abcbcacababc")  # after the warm-up
+
+
+def test_each_turn_is_kept_and_ratios_pair_turns_of_one_round() -> None:
+    device = Device()
+    costs = {"a": 2.0, "b": 3.0}
+
+    def loaded(name: str) -> Callable[[], None]:
+        def run() -> None:  # load triples from the third round on: every turn after 2 * 2 turns' time
+            base = costs[name] * (3.0 if device.now_s > 2 * 2 * 0.3 + 0.1 else 1.0)
+            device.now_s += base / 1e3
+            device.log.append(name)
+
+        return run
+
+    timings = measure({n: loaded(n) for n in costs}, rounds=6, clock=device.clock)
+    assert [len(t.turns_ms) for t in timings.values()] == [6, 6]
+    assert timings["a"].turns_ms[0] == pytest.approx(2.0) and timings["a"].turns_ms[-1] == pytest.approx(6.0)
+    # pooled, a's and b's medians mix quiet and loaded turns; paired by round, the ratio is exact
+    assert paired_ratio(timings["a"], timings["b"]) == pytest.approx(2.0 / 3.0)
+
+
+def test_paired_ratio_of_hand_made_timings() -> None:
+    a = Timing(2.0, 1.0, 3.0, 30, (1.0, 3.0, 1.0))
+    b = Timing(2.2, 1.1, 3.3, 30, (1.1, 3.3, 1.1))
+    assert paired_ratio(a, b) == pytest.approx(1 / 1.1)
+    assert paired_ratio(Timing(2.0, 1.0, 3.0, 3), Timing(4.0, 1.0, 5.0, 3)) == 0.5  # no turns: the medians'
