@@ -28,19 +28,18 @@ class Runner:
         self.rate_hz = 0.0  # changed at run time by the pipeline-rate command
         self._restart = threading.Event()
         self._pacer = Pacer(stop)
-        self._passes = 0
 
     def restart(self) -> None:
         """Start over; call from any thread."""
         self._restart.set()
 
     def _begin_pass(self) -> None:
-        """At the top of each pass over the input: the pacing schedule starts afresh at the first pass and
-        after a restart was asked for, but a loop's next pass keeps it, so that pass's first frame comes
-        one period after the previous pass's last, not at once."""
-        if self._restart.is_set() or not self._passes:
+        """At the top of each pass over the input: the pacing schedule starts afresh after a restart was
+        asked for, but a loop's next pass keeps it, so that pass's first frame comes one period after the
+        previous pass's last, not at once. (The first pass needs no reset: a schedule set when the runner
+        was made is already due.)"""
+        if self._restart.is_set():
             self._pacer.reset()
-        self._passes += 1
         self._restart.clear()
 
 
